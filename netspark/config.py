@@ -1,0 +1,211 @@
+"""The one place where `spark.netspark.*` settings are parsed and validated.
+
+Every key, its default and its meaning live in `KEYS`; `conf/spark-defaults.conf.example`
+is checked against this table by the tests. A bad value raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "spark.netspark."
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TIME_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+class ConfigError(ValueError):
+    """A `spark.netspark.*` setting has a value netspark cannot use."""
+
+
+def parse_size(text: str) -> int:
+    """'2m' -> 2097152; plain numbers are bytes (as Spark's byte strings)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 2m, 512k, 1g, 1048576)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def parse_duration(text: str) -> float:
+    """'30s' -> 30.0 seconds; plain numbers are seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 30s, 5min)")
+    return float(match.group(1)) * _TIME_UNITS[match.group(2) or "s"]
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true or false)")
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def text(value: str) -> str:
+    return str(value).strip()
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # without the prefix
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace(".", "_")
+
+
+KEYS: tuple[Key, ...] = (
+    Key("enabled", "false", parse_bool,
+        "Route every RDD shuffle of this application through netspark."),
+    Key("transport", "auto", choice("auto", "rdma", "tcp"),
+        "auto: RDMA when a device and the peer allow it, else TCP (logged); "
+        "rdma: fail loudly without RDMA; tcp: never use RDMA."),
+    Key("localShortCircuit", "true", parse_bool,
+        "Read extents of a server on the same host in place from its shared arena."),
+    Key("buffer.blockSize", "2m", parse_size,
+        "Size of one buffer block; a power of two from 64k to 1g (2m = one huge page)."),
+    Key("buffer.poolSize", "1g", parse_size,
+        "Cap on the arena of one executor; committed outputs spill past it."),
+    Key("buffer.initialSize", "64m", parse_size,
+        "Arena pre-allocated at start (rounded up to whole slabs)."),
+    Key("buffer.slabSize", "32m", parse_size,
+        "The arena grows and shrinks by this much (whole blocks)."),
+    Key("buffer.idleTimeout", "30s", parse_duration,
+        "A slab unused this long is given back to the OS."),
+    Key("buffer.hugepages", "auto", choice("auto", "true", "false"),
+        "auto: hugetlb pages if free, else transparent huge pages, else 4k pages; "
+        "true: fail without hugetlb pages; false: never ask for huge pages."),
+    Key("buffer.leaseBatch", "8", bounded_int(1, 1024),
+        "Blocks a process leases from the shared arena at once."),
+    Key("buffer.acquireTimeout", "60s", parse_duration,
+        "How long a writer waits for a free block before PoolExhausted."),
+    Key("reducer.maxBytesInFlight", "48m", parse_size,
+        "Cap on fetched-but-unread bytes per reduce task."),
+    Key("checksum", "crc32c", choice("crc32c", "none"),
+        "Checksum of every extent, verified before any record of it is read."),
+    Key("rdma.device", "", text,
+        "RDMA device name (for example mlx5_0 or rxe0); empty: the first RoCE device."),
+    Key("rdma.port", "1", bounded_int(1, 255), "RDMA device port."),
+    Key("rdma.gidIndex", "-1", bounded_int(-1, 255),
+        "GID index; -1: the first RoCE v2 IPv4-mapped GID."),
+    Key("spill.dir", "", text,
+        "Where committed outputs spill past the pool cap; empty: Spark's local dirs."),
+)
+
+_BY_NAME = {key.name: key for key in KEYS}
+
+
+class NetsparkConf:
+    """Validated settings; attribute names are the keys with dots as underscores
+    (`conf.buffer_blockSize`)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        for key in KEYS:
+            setattr(self, key.attr, values[key.name])
+
+    @classmethod
+    def from_spark(cls, settings: Mapping[str, str] | None = None) -> NetsparkConf:
+        """Parses `spark.netspark.*` entries of a Spark conf (other keys are ignored)."""
+        settings = dict(settings or {})
+        unknown = sorted(
+            name for name in settings if name.startswith(PREFIX)
+            and name[len(PREFIX):] not in _BY_NAME
+        )
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]}; known: "
+                + ", ".join(PREFIX + key.name for key in KEYS)
+            )
+        values = {}
+        for key in KEYS:
+            raw = settings.get(PREFIX + key.name, key.default)
+            try:
+                values[key.name] = key.parse(raw)
+            except ValueError as err:
+                raise ConfigError(f"{PREFIX}{key.name}: {err}") from None
+        conf = cls(values)
+        conf._check_relations()
+        return conf
+
+    def _check_relations(self) -> None:
+        block = self.buffer_blockSize
+        if block & (block - 1) or not (64 << 10) <= block <= (1 << 30):
+            raise ConfigError(
+                f"{PREFIX}buffer.blockSize: {block} bytes is not a power of two from 64k to 1g"
+            )
+        slab = self.buffer_slabSize
+        if slab < block or slab % block:
+            raise ConfigError(
+                f"{PREFIX}buffer.slabSize: {slab} bytes is not a whole number of blocks "
+                f"({PREFIX}buffer.blockSize={block})"
+            )
+        if self.buffer_poolSize < slab:
+            raise ConfigError(
+                f"{PREFIX}buffer.poolSize: {self.buffer_poolSize} bytes is smaller than one "
+                f"slab ({PREFIX}buffer.slabSize={slab})"
+            )
+        if self.buffer_initialSize > self.buffer_poolSize:
+            raise ConfigError(
+                f"{PREFIX}buffer.initialSize: {self.buffer_initialSize} bytes exceeds "
+                f"{PREFIX}buffer.poolSize={self.buffer_poolSize}"
+            )
+        if self.reducer_maxBytesInFlight < block:
+            raise ConfigError(
+                f"{PREFIX}reducer.maxBytesInFlight: must hold at least one block ({block} bytes)"
+            )
+
+    def with_overrides(self, **overrides: str) -> NetsparkConf:
+        """A copy with some keys replaced, given as raw strings (`buffer_poolSize="64m"`)."""
+        settings = {PREFIX + key.name: getattr(self, key.attr) for key in KEYS}
+        for attr, value in overrides.items():
+            settings[PREFIX + attr.replace("_", ".")] = value
+        return NetsparkConf.from_spark({k: str(v) for k, v in settings.items()})
+
+
+def example_file() -> str:
+    """The text of conf/spark-defaults.conf.example, made from KEYS."""
+    lines = [
+        "# netspark settings for spark-defaults.conf (all optional but `enabled`).",
+        "# Generated from netspark/config.py: python -m netspark.config > this file",
+        "",
+    ]
+    for key in KEYS:
+        lines.append(f"# {key.doc}")
+        lines.append(f"{PREFIX}{key.name:<28} {key.default}".rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(example_file(), end="")
