@@ -189,9 +189,14 @@ class Arena:
         start = self._base + self.data_offset + block_id * self.block_size
         return memoryview(ffi.buffer(start, self.block_size))
 
-    def block_pointer(self, block_id: int) -> ffi.CData:
+    def guarded_view(self, block_id: int, on_last_ref: Callable[[int], None]) -> memoryview:
+        """A view of the block that calls `on_last_ref(block_id)` once neither it nor any
+        slice, array or object built on it is alive: so a block cannot be reused under
+        a reader that still looks at it."""
         self._check_id(block_id)
-        return self._base + self.data_offset + block_id * self.block_size
+        start = self._base + self.data_offset + block_id * self.block_size
+        guard = ffi.gc(start, lambda _: on_last_ref(block_id))
+        return memoryview(ffi.buffer(guard, self.block_size))
 
     def owner_of(self, block_id: int) -> int:
         """The pid that holds the block, 0 when it is free."""

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from netspark._native import ffi
 from netspark.buffer_manager.arena import Arena
 from netspark.config import PREFIX
 
@@ -97,13 +96,6 @@ class BlockPool:
 
     def view(self, block_id: int) -> memoryview:
         return self.arena.block_view(block_id)
-
-    def guarded_view(self, block_id: int, on_last_ref: Callable[[int], None]) -> memoryview:
-        """A view of the block that calls `on_last_ref(block_id)` once neither it nor any
-        slice, array or object built on it is alive: the block cannot be reused under
-        a reader that still looks at it."""
-        ptr = ffi.gc(self.arena.block_pointer(block_id), lambda _: on_last_ref(block_id))
-        return memoryview(ffi.buffer(ptr, self.arena.block_size))
 
     def close(self) -> None:
         self.flush()

@@ -1,0 +1,150 @@
+"""Batches of records pickled straight into block streams, and read back in place.
+
+A batch on the stream is a little-endian header `(pickle length: u64, buffer count:
+u32)`, the pickle (protocol 5, written by the pickler straight into block memory),
+one u64 length per out-of-band buffer, then the buffers' raw bytes. numpy arrays
+and other PEP 574 buffers travel out of band, so on read they can be views of
+block memory (the block is reused only once the last such view is gone).
+
+The C pickler is tried first; cloudpickle only for a batch the C pickler refuses
+(lambdas, classes defined in `__main__` or locally): both produce plain pickles
+that `pickle.loads` reads.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from typing import Any, Protocol
+
+import cloudpickle
+
+from netspark.serde.streams import BlockOutputStream
+
+HEADER = struct.Struct("<QI")
+MAX_BUFFERS = 1 << 20
+
+
+class CorruptBatch(IOError):
+    """A batch header on the stream makes no sense (the stream is damaged)."""
+
+
+class ViewReader(Protocol):
+    def read_view(self, size: int) -> memoryview: ...
+
+
+def write_batch(out: BlockOutputStream, records: list[Any]) -> tuple[int, bool]:
+    """Pickles one batch straight into `out`; returns (bytes written, whether cloudpickle
+    was needed)."""
+    start, mark = out.tell(), out.mark()
+    head = out.reserve(HEADER.size)
+    buffers: list[pickle.PickleBuffer] = []
+    used_cloudpickle = False
+    try:
+        pickle.Pickler(out, protocol=5, buffer_callback=buffers.append).dump(records)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        out.rewind(mark)
+        head = out.reserve(HEADER.size)
+        buffers = []
+        cloudpickle.CloudPickler(out, protocol=5, buffer_callback=buffers.append).dump(records)
+        used_cloudpickle = True
+    pickled = out.tell() - start - HEADER.size
+    raws = [buf.raw() for buf in buffers]
+    out.write(struct.pack(f"<{len(raws)}Q", *(raw.nbytes for raw in raws)))
+    for raw in raws:
+        out.write(raw)
+    _fill(head, HEADER.pack(pickled, len(raws)))
+    return out.tell() - start, used_cloudpickle
+
+
+def _fill(slots: list[memoryview], data: bytes) -> None:
+    pos = 0
+    for slot in slots:
+        slot[:] = data[pos:pos + len(slot)]
+        pos += len(slot)
+
+
+class RecordWriter:
+    """Writes records to a stream in batches of about `batch_bytes` pickled bytes."""
+
+    def __init__(self, out: BlockOutputStream, batch_bytes: int = 256 << 10) -> None:
+        self.out = out
+        self.batch_bytes = batch_bytes
+        self.batch_size = 16  # records per batch, adapted to hit batch_bytes
+        self.records = 0
+        self.bytes = 0
+        self.cloudpickled_batches = 0
+        self._pending: list[Any] = []
+
+    def write(self, record: Any) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= self.batch_size:
+            self.flush()
+
+    def write_all(self, records: Iterable[Any]) -> None:
+        self.flush()
+        it = iter(records)
+        while batch := list(islice(it, self.batch_size)):
+            self._pending = batch
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        written, used_cloudpickle = write_batch(self.out, self._pending)
+        self.records += len(self._pending)
+        self.bytes += written
+        self.cloudpickled_batches += used_cloudpickle
+        per_record = max(1, written // len(self._pending))
+        self.batch_size = max(1, min(1 << 16, self.batch_bytes // per_record))
+        self._pending = []
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    # Unpickling a batch allocates thousands of tuples; each allocation would
+    # otherwise let the cyclic collector traverse every young one again.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
+    """Yields each batch (a list of records) of the stream until its end."""
+    while True:
+        head = stream.read_view(HEADER.size)
+        if not len(head):
+            return
+        if len(head) < HEADER.size:
+            raise CorruptBatch(f"stream ends inside a batch header ({len(head)} bytes)")
+        length, count = HEADER.unpack(head)
+        if count > MAX_BUFFERS:
+            raise CorruptBatch(f"batch header names {count} buffers")
+        data = _exact(stream, length)
+        sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
+        buffers = [_exact(stream, size) for size in sizes]
+        with _no_cyclic_gc():
+            batch = pickle.loads(data, buffers=buffers)
+        if not isinstance(batch, list):
+            raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
+        yield batch
+
+
+def _exact(stream: ViewReader, size: int) -> memoryview:
+    view = stream.read_view(size)
+    if len(view) != size:
+        raise CorruptBatch(f"stream ends {size - len(view)} bytes short of a batch")
+    return view
+
+
+def read_records(stream: ViewReader) -> Iterator[Any]:
+    for batch in read_batches(stream):
+        yield from batch
