@@ -83,12 +83,14 @@ def serde_figures(batches: list[list[tuple[int, bytes]]], reps: int) -> dict[str
             for data in pickled:
                 pickle.loads(data)
 
-        def from_blocks() -> None:
-            stream = BlockInputStream(arena, written[0].extents, lambda block: None)
+        def from_blocks(checksum: bool = True) -> None:
+            stream = BlockInputStream(arena, written[0].extents, lambda block: None,
+                                      checksum=checksum)
             for _ in read_batches(stream):
                 pass
 
-        de = side_by_side(reps, pickle_loads=from_bytes, from_blocks=from_blocks)
+        de = side_by_side(reps, pickle_loads=from_bytes, from_blocks=from_blocks,
+                          unchecked=lambda: from_blocks(checksum=False))
         sample = batches[: max(1, len(batches) // 10)]
         picklers = side_by_side(
             reps,
@@ -100,6 +102,7 @@ def serde_figures(batches: list[list[tuple[int, bytes]]], reps: int) -> dict[str
             "bytes": size,
             "pickle_dumps_s": ser["pickle_dumps"], "into_blocks_s": ser["into_blocks"],
             "pickle_loads_s": de["pickle_loads"], "from_blocks_s": de["from_blocks"],
+            "from_blocks_unchecked_s": de["unchecked"],
             "c_pickler_s": picklers["c_pickler"], "cloudpickle_s": picklers["cloudpickle"],
         }
 
@@ -148,6 +151,8 @@ def report(serde: dict[str, float], alloc: dict[str, float]) -> str:
          f"{serde['pickle_loads_s'] / serde['from_blocks_s']:.2f}x",
          f"{gb / serde['from_blocks_s']:.2f} vs {gb / serde['pickle_loads_s']:.2f} GB/s",
          ">= 1.0x"),
+        ("the same with checksum=none (what the crc32c check costs)",
+         f"{serde['pickle_loads_s'] / serde['from_blocks_unchecked_s']:.2f}x", "", ""),
         ("cloudpickle vs C pickler, same batches (time ratio)",
          f"{serde['cloudpickle_s'] / serde['c_pickler_s']:.2f}x", "", "(why the C pickler first)"),
         ("block acquire+release, one process", f"{alloc['acquire_release_us']:.2f} us", "",
