@@ -119,6 +119,12 @@ KEYS: tuple[Key, ...] = (
     Key("rdma.port", "1", bounded_int(1, 255), "RDMA device port."),
     Key("rdma.gidIndex", "-1", bounded_int(-1, 255),
         "GID index; -1: the first RoCE v2 IPv4-mapped GID."),
+    Key("network.timeout", "120s", parse_duration,
+        "How long a peer may stay silent in the middle of a request."),
+    Key("network.maxRetries", "3", bounded_int(0, 100),
+        "Retries of a fetch after a transient error (connection lost, timeout)."),
+    Key("network.retryWait", "500ms", parse_duration,
+        "Wait before the first retry; doubled for each further one."),
     Key("spill.dir", "", text,
         "Where committed outputs spill past the pool cap; empty: Spark's local dirs."),
 )

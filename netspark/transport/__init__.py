@@ -1,0 +1,1 @@
+"""Moving extents between executor servers: protocol, tcp, local, rdma."""

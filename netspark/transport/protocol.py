@@ -1,0 +1,598 @@
+"""The netspark wire protocol: fixed binary frames between executor servers.
+
+Every frame is a 12-byte little-endian header followed by its payload::
+
+    magic b"NSPK" | version u8 | type u8 | flags u16 (0) | payload length u32
+
+A payload is its message's fields in declaration order, each a fixed ``struct``
+layout: unsigned ints, fixed-size byte strings, booleans as one byte (0/1), strings
+as ``u16 length + utf-8``, an optional RDMA endpoint as a presence byte (0/1) plus a
+fixed record, and lists as ``u32 count`` + that many fixed-size entries read with
+``struct.iter_unpack``, so decoding is O(n) and every length is checked before use.
+Nothing from the wire is unpickled or evaluated. Decoding is strict (no trailing
+bytes, flags 0/1, known enums), so a valid payload has exactly one encoding; the
+handshake relies on that when it MACs a HELLO.
+
+Malformed input raises :class:`ProtocolError` (a ``ValueError``), and so do invalid
+values given to a message constructor or found by ``encode()``.
+
+``DATA`` is the one frame followed by bytes outside its payload: on a TCP stream,
+after a :class:`Data` header the reader must :func:`recv_exact_into` exactly
+``Data.length`` raw bytes (straight into a block) before reading the next frame.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+MAGIC = b"NSPK"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHI")
+MAX_CONTROL_PAYLOAD = 1 << 20
+MAX_ENTRIES = 0xFFFF  # per list (maps, extents, block ids) in one message
+NONCE_SIZE = 32
+PROOF_SIZE = 32
+MAX_APP_ID_BYTES = 64
+MAX_ERROR_MESSAGE_BYTES = 1024
+RDMA_MTUS = frozenset({256, 512, 1024, 2048, 4096})
+
+Buffer = bytes | bytearray | memoryview
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    CHALLENGE = 2
+    AUTH = 3
+    AUTH_OK = 4
+    FETCH_REQ = 5
+    ADVERTISE = 6
+    READ_REQ = 7
+    DATA = 8
+    ACK = 9
+    ERROR = 10
+    BYE = 11
+
+
+class ErrorCode(IntEnum):
+    UNKNOWN_SHUFFLE = 1
+    NOT_COMMITTED = 2
+    OUT_OF_BOUNDS = 3
+    AUTH_FAILED = 4
+    MALFORMED = 5
+    BUSY = 6
+    INTERNAL = 7
+
+
+class ProtocolError(ValueError):
+    """A frame or field that violates the wire protocol; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionClosed(EOFError):
+    """The peer closed the connection cleanly, between two frames."""
+
+
+# List entries are NamedTuples, not dataclasses, so that decoding tens of thousands
+# of them stays cheap; struct checks their field ranges when a message is encoded.
+class MapAttempt(NamedTuple):
+    map_id: int
+    attempt: int
+
+
+class Extent(NamedTuple):
+    """A committed byte range in a server's arena; ``addr``/``rkey`` are 0 over TCP."""
+
+    map_id: int
+    block_id: int
+    offset: int
+    length: int
+    crc: int
+    addr: int = 0
+    rkey: int = 0
+
+
+class ExtentRef(NamedTuple):
+    """A range a reader asks for; the server checks it against what was committed."""
+
+    map_id: int
+    block_id: int
+    offset: int
+    length: int
+
+
+def _uint(name: str, value: Any, bits: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ProtocolError(f"{name} must be an unsigned {bits}-bit integer, got {value!r:.80}")
+
+
+class _Cursor:
+    """Bounds-checked sequential reader over one payload."""
+
+    __slots__ = ("buf", "pos", "what")
+
+    def __init__(self, payload: Buffer, what: str) -> None:
+        view = memoryview(payload)
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        self.buf = view if view.format == "B" and view.ndim == 1 else view.cast("B")
+        self.pos = 0
+        self.what = what
+
+    def need(self, n: int, field: str) -> memoryview:
+        have = len(self.buf) - self.pos
+        if n > have:
+            raise ProtocolError(
+                f"truncated {self.what} payload: {field} needs {n} bytes at offset "
+                f"{self.pos}, only {have} left"
+            )
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
+
+    def take(self, st: struct.Struct, field: str) -> tuple[Any, ...]:
+        return st.unpack(self.need(st.size, field))
+
+    def finish(self) -> None:
+        if extra := len(self.buf) - self.pos:
+            raise ProtocolError(f"{self.what} payload has {extra} unexpected trailing bytes")
+
+
+# Field kinds: each checks (and normalizes) a constructor value, packs it, and
+# unpacks it from a cursor. A message's WIRE lists (field name, kind) in field order.
+class _Int:
+    def __init__(self, code: str) -> None:
+        self.st = struct.Struct("<" + code)
+
+    def check(self, name: str, value: Any) -> Any:
+        _uint(name, value, self.st.size * 8)
+        return value
+
+    def pack(self, value: Any) -> bytes:
+        return self.st.pack(value)
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        return c.take(self.st, name)[0]
+
+
+class _Enum(_Int):
+    def __init__(self, code: str, enum: type[IntEnum]) -> None:
+        super().__init__(code)
+        self.enum = enum
+
+    def check(self, name: str, value: Any) -> Any:
+        super().check(name, value)
+        try:
+            return self.enum(value)
+        except ValueError:
+            raise ProtocolError(f"unknown {name} {value!r:.80}") from None
+
+
+class _Bool(_Int):
+    def __init__(self) -> None:
+        super().__init__("B")
+
+    def check(self, name: str, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{name} must be a bool, got {value!r:.80}")
+        return value
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        (value,) = c.take(self.st, name)
+        if value > 1:
+            raise ProtocolError(f"{c.what} {name} must be 0 or 1, got {value}")
+        return value == 1
+
+
+class _Bytes:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def check(self, name: str, value: Any) -> Any:
+        if (
+            not isinstance(value, bytes | bytearray | memoryview)
+            or len(data := bytes(value)) != self.size
+        ):
+            raise ProtocolError(f"{name} must be exactly {self.size} bytes, got {value!r:.80}")
+        return data
+
+    def pack(self, value: Any) -> bytes:
+        return value
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        return bytes(c.need(self.size, name))
+
+
+_LEN16 = struct.Struct("<H")
+_COUNT = struct.Struct("<I")
+
+
+class _Str:
+    def __init__(self, max_bytes: int, min_bytes: int = 0) -> None:
+        self.max_bytes, self.min_bytes = max_bytes, min_bytes
+
+    def check(self, name: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{name} must be a str, got {type(value).__name__}")
+        n = len(value.encode("utf-8"))
+        if not self.min_bytes <= n <= self.max_bytes:
+            raise ProtocolError(
+                f"{name} is {n} bytes of utf-8, must be {self.min_bytes}..{self.max_bytes}"
+            )
+        return value
+
+    def pack(self, value: Any) -> bytes:
+        data = value.encode("utf-8")
+        return _LEN16.pack(len(data)) + data
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        (n,) = c.take(_LEN16, f"{name} length")
+        if n > self.max_bytes:
+            raise ProtocolError(f"{c.what} {name} is {n} bytes, the limit is {self.max_bytes}")
+        try:
+            return str(c.need(n, name), "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{c.what} {name} is not valid utf-8: {exc}") from None
+
+
+class _List:
+    """u32 count + fixed-size entries; ``entry=None`` means bare u32 values."""
+
+    def __init__(self, code: str, entry: Any, minimum: int) -> None:
+        self.st, self.entry, self.minimum = struct.Struct("<" + code), entry, minimum
+
+    def check(self, name: str, value: Any) -> Any:
+        try:
+            value = tuple(value)
+        except TypeError:
+            raise ProtocolError(f"{name} must be a sequence, got {value!r:.80}") from None
+        if not self.minimum <= len(value) <= MAX_ENTRIES:
+            raise ProtocolError(
+                f"{name} has {len(value)} entries, must be {self.minimum}..{MAX_ENTRIES}"
+            )
+        return value
+
+    def pack(self, items: Any) -> bytes:
+        try:
+            if self.entry is None:
+                body = struct.pack(f"<{len(items)}I", *items)
+            else:
+                body = b"".join([self.st.pack(*e) for e in items])
+        except (struct.error, TypeError) as exc:
+            raise ProtocolError(f"invalid list entry: {exc}") from None
+        return _COUNT.pack(len(items)) + body
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        (count,) = c.take(_COUNT, f"{name} count")
+        if not self.minimum <= count <= MAX_ENTRIES:
+            raise ProtocolError(
+                f"{c.what} {name} count {count} out of range {self.minimum}..{MAX_ENTRIES}"
+            )
+        rows = self.st.iter_unpack(c.need(count * self.st.size, f"{count} {name}"))
+        if self.entry is None:
+            return tuple(v for (v,) in rows)
+        return tuple(map(self.entry._make, rows))
+
+
+@dataclass(frozen=True, slots=True)
+class RdmaEndpoint:
+    """Queue-pair parameters for out-of-band RC setup (qpn and psn are 24-bit in IB)."""
+
+    qpn: int
+    psn: int
+    gid: bytes
+    mtu: int
+    lid: int = 0
+
+    def __post_init__(self) -> None:
+        _uint("qpn", self.qpn, 24)
+        _uint("psn", self.psn, 24)
+        object.__setattr__(self, "gid", _Bytes(16).check("gid", self.gid))
+        if isinstance(self.mtu, bool) or self.mtu not in RDMA_MTUS:
+            raise ProtocolError(f"mtu must be one of {sorted(RDMA_MTUS)}, got {self.mtu!r:.80}")
+        _uint("lid", self.lid, 16)
+
+
+class _Endpoint(_Bool):
+    """Optional RdmaEndpoint: presence byte (0/1), then the fixed record if 1."""
+
+    record = struct.Struct("<II16sHH")
+
+    def check(self, name: str, value: Any) -> Any:
+        if value is not None and not isinstance(value, RdmaEndpoint):
+            raise ProtocolError(f"{name} must be an RdmaEndpoint or None, got {value!r:.80}")
+        return value
+
+    def pack(self, ep: Any) -> bytes:
+        if ep is None:
+            return b"\x00"
+        return b"\x01" + self.record.pack(ep.qpn, ep.psn, ep.gid, ep.mtu, ep.lid)
+
+    def unpack(self, c: _Cursor, name: str) -> Any:
+        if not super().unpack(c, f"{name} presence flag"):
+            return None
+        return RdmaEndpoint(*c.take(self.record, name))
+
+
+_U32, _U64, _PROOF, _ENDPOINT = _Int("I"), _Int("Q"), _Bytes(PROOF_SIZE), _Endpoint()
+
+
+_M = TypeVar("_M", bound="_Message")
+
+
+class _Message:
+    __slots__ = ()
+    TYPE: ClassVar[MsgType]
+    WIRE: ClassVar[tuple[tuple[str, Any], ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name, kind in self.WIRE:
+            object.__setattr__(self, name, kind.check(name, getattr(self, name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Cross-field checks, for the messages that need them."""
+
+    def payload(self) -> bytes:
+        return b"".join([kind.pack(getattr(self, name)) for name, kind in self.WIRE])
+
+    def encode(self) -> bytes:
+        """The whole frame: header and payload."""
+        body = self.payload()
+        return HEADER.pack(MAGIC, VERSION, self.TYPE, 0, len(body)) + body
+
+    @classmethod
+    def decode(cls: type[_M], payload: Buffer) -> _M:
+        """Decode this message's payload (the bytes after the frame header)."""
+        c = _Cursor(payload, cls.TYPE.name)
+        values = [kind.unpack(c, name) for name, kind in cls.WIRE]
+        c.finish()
+        return cls(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Message):
+    TYPE: ClassVar[MsgType] = MsgType.HELLO
+    WIRE = (
+        ("app_id", _Str(MAX_APP_ID_BYTES, 1)),
+        ("client_nonce", _Bytes(NONCE_SIZE)),
+        ("want_rdma", _Bool()),
+        ("rdma", _ENDPOINT),
+    )
+    app_id: str
+    client_nonce: bytes
+    want_rdma: bool = False
+    rdma: RdmaEndpoint | None = None
+
+    def _validate(self) -> None:
+        if self.rdma is not None and not self.want_rdma:
+            raise ProtocolError("HELLO carries an rdma endpoint but want_rdma is False")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(_Message):
+    TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
+    WIRE = (("server_nonce", _Bytes(NONCE_SIZE)), ("server_proof", _PROOF))
+    server_nonce: bytes
+    server_proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(_Message):
+    TYPE: ClassVar[MsgType] = MsgType.AUTH
+    WIRE = (("client_proof", _PROOF),)
+    client_proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk(_Message):
+    TYPE: ClassVar[MsgType] = MsgType.AUTH_OK
+    WIRE = (("rdma", _ENDPOINT),)
+    rdma: RdmaEndpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReq(_Message):
+    """Where do the outputs of ``maps`` (map id, attempt) for ``reduce_id`` live?"""
+
+    TYPE: ClassVar[MsgType] = MsgType.FETCH_REQ
+    WIRE = (
+        ("request_id", _U64),
+        ("shuffle_id", _U32),
+        ("reduce_id", _U32),
+        ("maps", _List("II", MapAttempt, 1)),
+    )
+    request_id: int
+    shuffle_id: int
+    reduce_id: int
+    maps: tuple[MapAttempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise(_Message):
+    """Answer to a FETCH_REQ: the committed extents (two-sided address exchange)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ADVERTISE
+    WIRE = (("request_id", _U64), ("extents", _List("IIIIIQI", Extent, 0)))
+    request_id: int
+    extents: tuple[Extent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReq(_Message):
+    """Stream these extents back as DATA frames (TCP); each is checked by the server."""
+
+    TYPE: ClassVar[MsgType] = MsgType.READ_REQ
+    WIRE = (("request_id", _U64), ("shuffle_id", _U32), ("extents", _List("IIII", ExtentRef, 1)))
+    request_id: int
+    shuffle_id: int
+    extents: tuple[ExtentRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Data(_Message):
+    """Header of ``length`` raw bytes of extent ``index`` of READ_REQ ``request_id``.
+
+    The raw bytes follow on the stream and are not part of the payload: the reader
+    must ``recv_exact_into`` exactly ``length`` bytes before the next frame.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.DATA
+    WIRE = (("request_id", _U64), ("index", _U32), ("length", _U32))
+    request_id: int
+    index: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(_Message):
+    """The reader is done with these blocks; the server may free transient ones."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACK
+    WIRE = (("request_id", _U64), ("block_ids", _List("I", None, 1)))
+    request_id: int
+    block_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMsg(_Message):
+    """A refusal; ``request_id`` is 0 when it answers no particular request."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ERROR
+    WIRE = (
+        ("request_id", _U64),
+        ("code", _Enum("H", ErrorCode)),
+        ("message", _Str(MAX_ERROR_MESSAGE_BYTES)),
+    )
+    request_id: int
+    code: ErrorCode
+    message: str = ""
+
+    @classmethod
+    def make(cls, request_id: int, code: ErrorCode, message: str) -> ErrorMsg:
+        """Like the constructor, but cuts ``message`` to the limit on a utf-8 boundary."""
+        cut = message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES]
+        return cls(request_id, code, cut.decode("utf-8", "ignore"))
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(_Message):
+    TYPE: ClassVar[MsgType] = MsgType.BYE
+
+
+Message = (
+    Hello | Challenge | Auth | AuthOk | FetchReq | Advertise | ReadReq | Data | Ack | ErrorMsg | Bye
+)
+MESSAGE_CLASSES: dict[MsgType, type[_Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Challenge,
+        Auth,
+        AuthOk,
+        FetchReq,
+        Advertise,
+        ReadReq,
+        Data,
+        Ack,
+        ErrorMsg,
+        Bye,
+    )
+}
+
+
+def decode_frame(msg_type: int, payload: Buffer) -> Message:
+    """Decode one payload whose header named ``msg_type``."""
+    cls = MESSAGE_CLASSES.get(msg_type) if isinstance(msg_type, int) else None  # type: ignore
+    if cls is None:
+        raise ProtocolError(f"unknown message type {msg_type!r:.80}")
+    return cls.decode(payload)
+
+
+def parse_header(header: Buffer, max_payload: int = MAX_CONTROL_PAYLOAD) -> tuple[MsgType, int]:
+    """Validate a frame header; return its message type and payload length."""
+    if len(header) < HEADER.size:
+        raise ProtocolError(f"truncated frame header: {len(header)} of {HEADER.size} bytes")
+    magic, version, msg_type, flags, length = HEADER.unpack_from(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}: not a netspark peer")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}, this side speaks {VERSION}")
+    if msg_type not in MESSAGE_CLASSES:
+        raise ProtocolError(f"unknown message type {msg_type}")
+    if flags:
+        raise ProtocolError(f"flags must be 0 in protocol version {VERSION}, got {flags:#06x}")
+    if length > max_payload:
+        raise ProtocolError(
+            f"{MsgType(msg_type).name} payload of {length} bytes exceeds the limit of "
+            f"{max_payload} bytes"
+        )
+    return MsgType(msg_type), length
+
+
+def decode_message(frame: Buffer, max_payload: int = MAX_CONTROL_PAYLOAD) -> Message:
+    """Decode exactly one whole frame (e.g. the contents of one RDMA SEND)."""
+    view = memoryview(frame)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    msg_type, length = parse_header(view, max_payload)
+    body = len(view) - HEADER.size
+    if body != length:
+        what = "truncated" if body < length else "oversized"
+        raise ProtocolError(f"{what} {msg_type.name} frame: header says {length}, got {body}")
+    return decode_frame(msg_type, view[HEADER.size :])
+
+
+def send_message(sock: socket.socket, msg: Message, max_payload: int = MAX_CONTROL_PAYLOAD) -> None:
+    """Encode and ``sendall`` one frame; refuse a payload the peer would reject."""
+    frame = msg.encode()
+    if len(frame) - HEADER.size > max_payload:
+        raise ProtocolError(
+            f"{msg.TYPE.name} payload of {len(frame) - HEADER.size} bytes exceeds the limit "
+            f"of {max_payload} bytes; split it into several messages"
+        )
+    sock.sendall(frame)
+
+
+def _recv_upto(sock: socket.socket, view: memoryview) -> int:
+    """Fill ``view`` from ``sock``; return how many bytes arrived before EOF."""
+    pos, size = 0, len(view)
+    while pos < size:
+        n = sock.recv_into(view[pos:], size - pos)
+        if n == 0:
+            break
+        pos += n
+    return pos
+
+
+def recv_exact_into(sock: socket.socket, buf: Buffer) -> None:
+    """Receive exactly ``len(buf)`` bytes into the writable buffer ``buf``."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    got = _recv_upto(sock, view)
+    if got < len(view):
+        raise ProtocolError(f"truncated stream: connection closed after {got} of {len(view)} bytes")
+
+
+def recv_message(sock: socket.socket, max_payload: int = MAX_CONTROL_PAYLOAD) -> Message:
+    """Read one frame; ConnectionClosed if the peer closed cleanly before its first byte."""
+    header = bytearray(HEADER.size)
+    got = _recv_upto(sock, memoryview(header))
+    if got == 0:
+        raise ConnectionClosed("connection closed by peer")
+    if got < HEADER.size:
+        raise ProtocolError(f"truncated frame header: connection closed after {got} bytes")
+    msg_type, length = parse_header(header, max_payload)
+    payload = bytearray(length)
+    got = _recv_upto(sock, memoryview(payload))
+    if got < length:
+        raise ProtocolError(
+            f"truncated {msg_type.name} payload: connection closed after {got} of {length} bytes"
+        )
+    return decode_frame(msg_type, payload)
