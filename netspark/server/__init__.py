@@ -1,0 +1,1 @@
+"""The per-executor netspark server: owns the arena, serves committed outputs, fetches."""

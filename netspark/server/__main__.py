@@ -1,0 +1,77 @@
+"""python -m netspark.server: run one executor's netspark server.
+
+Prints one JSON line with its address on stdout once it listens, then logs to
+stderr. SIGTERM or SIGINT stops it cleanly; so does the death of --parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from netspark.config import ConfigError, NetsparkConf
+from netspark.server.server import ShuffleServer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m netspark.server",
+                                     description="Run one executor's netspark server.")
+    parser.add_argument("--app-id", required=True, help="the Spark application id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
+    parser.add_argument("--advertise-host", help="address peers should use (default: --host)")
+    parser.add_argument("--secret-env", default="NETSPARK_SECRET",
+                        help="environment variable holding the shared secret")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spark.netspark.* setting (repeatable)")
+    parser.add_argument("--parent", type=int, help="exit when this process dies")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def watch_parent(pid: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            logging.getLogger("netspark.server").warning(
+                "netspark: parent process %d is gone; stopping", pid)
+            stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secret = os.environ.get(args.secret_env, "").encode()
+    if not secret:
+        print(f"netspark.server: ${args.secret_env} holds no secret", file=sys.stderr)
+        return 2
+    try:
+        settings = dict(item.split("=", 1) for item in args.conf)
+        conf = NetsparkConf.from_spark(settings)
+    except (ConfigError, ValueError) as err:
+        print(f"netspark.server: {err}", file=sys.stderr)
+        return 2
+    server = ShuffleServer(conf, secret=secret, app_id=args.app_id, host=args.host,
+                           port=args.port, advertise_host=args.advertise_host).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.parent:
+        threading.Thread(target=watch_parent, args=(args.parent, stop), daemon=True).start()
+    print(json.dumps({"address": vars(server.address), "local": server.local_name[1:],
+                      "pid": os.getpid()}), flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

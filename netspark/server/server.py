@@ -1,0 +1,180 @@
+"""The executor's netspark server: owns the arena, keeps the registry, serves peers.
+
+Three kinds of connection, each on its own thread:
+- network peers (TCP): fetch and read committed extents (`transport.tcp.serve_peer`);
+- local workers (UNIX socket, `local_api`): commit outputs, unregister shuffles;
+- nobody else: every connection must pass the HMAC handshake first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from netspark.buffer_manager import Arena, ArenaError
+from netspark.config import NetsparkConf
+from netspark.serde import Extent
+from netspark.server.local_api import peer_credentials, recv_json, send_json, socket_name
+from netspark.server.registry import BadCommit, Partition, Registry
+from netspark.transport import protocol
+from netspark.transport.auth import server_handshake
+from netspark.transport.fetch import PeerAddress, host_key
+from netspark.transport.tcp import serve_peer
+
+log = logging.getLogger(__name__)
+
+
+class ShuffleServer:
+    """One per executor. `start()` serves in background threads; `stop()` ends it all."""
+
+    def __init__(self, conf: NetsparkConf, *, secret: bytes, app_id: str,
+                 host: str = "127.0.0.1", port: int = 0,
+                 advertise_host: str | None = None) -> None:
+        self.conf = conf
+        self.secret = secret
+        self.app_id = app_id
+        self.arena = Arena.create(conf, name=f"netspark-{app_id}")
+        self.registry = Registry(self.arena.block_size)
+        self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
+        try:
+            self._tcp = socket.create_server((host, port), backlog=128)
+            self.local_name = socket_name(app_id, self._tcp.getsockname()[1])
+            self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._unix.bind(self.local_name)
+            self._unix.listen(128)
+        except BaseException:
+            self.arena.close()
+            raise
+        port = self._tcp.getsockname()[1]
+        self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
+
+    # ---- lifecycle ----
+
+    def start(self) -> ShuffleServer:
+        slab_bytes = self.arena.slab_blocks * self.arena.block_size
+        min_slabs = -(-self.conf.buffer_initialSize // slab_bytes)
+        self.arena.start_maintenance(self.conf.buffer_idleTimeout, min_slabs)
+        self._spawn(self._accept, self._tcp, self._serve_network, "netspark-tcp")
+        self._spawn(self._accept, self._unix, self._serve_local, "netspark-local")
+        log.info("netspark server for %s listening on %s (local %r); arena: %s",
+                 self.app_id, self.address, self.local_name[1:], self.arena.stats())
+        return self
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=args[-1], daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self, listener: socket.socket, handler: Callable[[socket.socket], None],
+                name: str) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: stopping
+            threading.Thread(target=handler, args=(conn,), name=name, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for listener in (self._tcp, self._unix):
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.arena.close()
+        log.info("netspark server for %s stopped", self.app_id)
+
+    # ---- network peers: what transport.tcp.ExtentSource asks ----
+
+    def _serve_network(self, conn: socket.socket) -> None:
+        serve_peer(conn, self, secret=self.secret, app_id=self.app_id,
+                   timeout=self.conf.network_timeout)
+
+    def advertise(self, shuffle: int, reduce_id: int,
+                  maps: Sequence[protocol.MapAttempt]) -> list[protocol.Extent]:
+        extents = []
+        for map_id, attempt in maps:
+            part = self.registry.partition(shuffle, map_id, attempt, reduce_id)
+            extents += [protocol.Extent(map_id, e.block_id, e.offset, e.length, e.crc)
+                        for e in part.extents]
+        return extents
+
+    def may_read(self, shuffle: int, ref: protocol.ExtentRef) -> bool:
+        return self.registry.may_read(shuffle, ref.map_id, ref.block_id, ref.offset,
+                                      ref.length)
+
+    def view(self, block_id: int) -> memoryview:
+        return self.arena.block_view(block_id)
+
+    # ---- local workers ----
+
+    def _serve_local(self, conn: socket.socket) -> None:
+        try:
+            pid, uid = peer_credentials(conn)
+            if uid != os.getuid():
+                log.warning("netspark: refusing local pid %d of uid %d", pid, uid)
+                return
+            server_handshake(conn, self.secret, self.app_id,
+                             timeout=self.conf.network_timeout)
+            conn.settimeout(None)
+            while True:
+                request = recv_json(conn)
+                send_json(conn, self._local_request(pid, request))
+        except EOFError:
+            pass
+        except Exception as err:
+            log.warning("netspark: closing the local connection: %s", err)
+        finally:
+            conn.close()
+
+    def _local_request(self, pid: int, request: Any) -> dict[str, Any]:
+        op = request.get("op") if isinstance(request, dict) else None
+        try:
+            if op == "info":
+                return {"ok": True, "address": list(vars(self.address).values()),
+                        "block_size": self.arena.block_size, "pid": os.getpid()}
+            if op == "commit":
+                self.commit(pid, request)
+                return {"ok": True}
+            if op == "unregister":
+                return {"ok": True, "freed": self.unregister(int(request["shuffle"]))}
+            if op == "stats":
+                return {"ok": True, **self.stats()}
+            return {"ok": False, "error": f"unknown request {op!r}"}
+        except (BadCommit, ArenaError, KeyError, TypeError, ValueError) as err:
+            return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+
+    def commit(self, pid: int, request: dict[str, Any]) -> None:
+        """Takes over the blocks of a finished map attempt and records its extents."""
+        blocks = [int(b) for b in request["blocks"]]
+        partitions = {
+            int(reduce_id): Partition(int(records), tuple(Extent(*map(int, e)) for e in exts))
+            for reduce_id, (records, exts) in request["partitions"].items()
+        }
+        self.arena.transfer(blocks, to_pid=os.getpid(), from_pid=pid)
+        try:
+            self.registry.commit(int(request["shuffle"]), int(request["map"]),
+                                 int(request["attempt"]), partitions, blocks)
+        except BadCommit:
+            self.arena.transfer(blocks, to_pid=pid)  # back to the writer to discard
+            raise
+
+    def unregister(self, shuffle: int) -> int:
+        blocks = self.registry.unregister(shuffle)
+        if blocks:
+            self.arena.release(blocks)
+        return len(blocks)
+
+    def stats(self) -> dict[str, Any]:
+        outputs = self.registry.outputs()
+        return {"arena": vars(self.arena.stats()), "shuffles": len(self.registry.shuffles()),
+                "outputs": len(outputs), "bytes": sum(o.size for o in outputs)}

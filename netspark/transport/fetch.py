@@ -1,0 +1,256 @@
+"""Fetching committed map outputs into this process, over the best transport a peer allows.
+
+For each peer the choice is made once and logged: `local` (same host: ask the peer
+which extents, then read them in place from its arena, no copy), or `tcp` (stream
+them into blocks leased from our own arena). RDMA plugs in here too (issue 5).
+
+`Fetcher.fetch_all` runs the fetches on a background thread so that the next
+extents arrive while the caller deserializes the current ones, holding at most
+`reducer.maxBytesInFlight` of landed-but-unread blocks. Transient failures
+(connection lost, timeout) are retried with backoff; a refusal is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from netspark.buffer_manager import Arena, ArenaError, BlockPool
+from netspark.config import NetsparkConf
+from netspark.serde import Extent
+from netspark.transport import protocol
+from netspark.transport.auth import AuthError
+from netspark.transport.protocol import MapAttempt, ProtocolError
+from netspark.transport.tcp import RemoteError, TcpPeer
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def host_key() -> str:
+    """Identifies this host and network namespace: equal keys can share memory."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    return f"{boot}/{os.stat('/proc/self/ns/net').st_ino}"
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where a server listens, and where its arena can be mapped from the same host."""
+
+    host: str
+    port: int
+    host_key: str
+    arena_path: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    peer: PeerAddress
+    shuffle: int
+    reduce_id: int
+    maps: tuple[MapAttempt, ...]
+
+
+@dataclass
+class Landed:
+    """A request's extents, ready to read from `arena`; `release(block)` hands each back."""
+
+    request: FetchRequest
+    arena: Arena
+    extents: list[Extent]
+    release: Callable[[int], None]
+    via: str
+
+
+class FetchFailed(IOError):
+    """A fetch could not be completed."""
+
+
+class Fetcher:
+    """Fetches into blocks of `pool` on behalf of one reader."""
+
+    def __init__(self, pool: BlockPool, conf: NetsparkConf, *, secret: bytes, app_id: str,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.pool = pool
+        self.conf = conf
+        self.secret = secret
+        self.app_id = app_id
+        self._sleep = sleep
+        self._peers: dict[PeerAddress, TcpPeer] = {}
+        self._arenas: dict[str, Arena] = {}
+        self._routes: dict[PeerAddress, str] = {}
+        self._cap_blocks = max(1, conf.reducer_maxBytesInFlight // pool.block_size)
+        self._held = 0
+        self._held_changed = threading.Condition()
+        self._stop = threading.Event()
+        self.wait_seconds = 0.0  # time the consumer waited for data
+
+    # ---- choosing a route, once per peer ----
+
+    def _route(self, peer: PeerAddress) -> str:
+        if peer not in self._routes:
+            if not self.conf.localShortCircuit:
+                route, why = "tcp", "spark.netspark.localShortCircuit=false"
+            elif peer.host_key != host_key():
+                route, why = "tcp", "a different host"
+            else:
+                try:
+                    self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
+                    route, why = "local", "same host: reading its arena in place"
+                except ArenaError as err:
+                    route, why = "tcp", f"same host, but its arena cannot be mapped: {err}"
+            log.info("netspark: fetching from %s over %s (%s)", peer, route, why)
+            self._routes[peer] = route
+        return self._routes[peer]
+
+    def _connection(self, peer: PeerAddress) -> TcpPeer:
+        if peer not in self._peers:
+            self._peers[peer] = TcpPeer(peer.host, peer.port, secret=self.secret,
+                                        app_id=self.app_id, timeout=self.conf.network_timeout)
+        return self._peers[peer]
+
+    def _drop(self, peer: PeerAddress) -> None:
+        conn = self._peers.pop(peer, None)
+        if conn is not None:
+            conn.sock.close()
+
+    # ---- one request ----
+
+    def fetch_one(self, req: FetchRequest) -> Landed:
+        retries = self.conf.network_maxRetries
+        for attempt in range(retries + 1):
+            try:
+                return self._try_fetch(req)
+            except (RemoteError, AuthError) as err:
+                raise FetchFailed(f"fetching shuffle {req.shuffle} partition {req.reduce_id} "
+                                  f"from {req.peer}: {err}") from err
+            except (OSError, EOFError, ProtocolError) as err:
+                self._drop(req.peer)
+                if attempt == retries:
+                    raise FetchFailed(
+                        f"fetching shuffle {req.shuffle} partition {req.reduce_id} from "
+                        f"{req.peer} failed {retries + 1} times; last error: {err}") from err
+                wait = self.conf.network_retryWait * 2 ** attempt
+                log.warning("netspark: fetch from %s failed (%s); retry %d/%d in %.1f s",
+                            req.peer, err, attempt + 1, retries, wait)
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _try_fetch(self, req: FetchRequest) -> Landed:
+        conn = self._connection(req.peer)
+        advertised = conn.advertise(req.shuffle, req.reduce_id, req.maps)
+        if self._route(req.peer) == "local":
+            arena = self._arenas[req.peer.arena_path]
+            extents = [Extent(e.block_id, e.offset, e.length, e.crc) for e in advertised]
+            return Landed(req, arena, extents, lambda block: None, "local")
+        blocks, extents, targets = self._land(advertised)
+        try:
+            conn.read_into(req.shuffle, advertised, targets)
+        except BaseException:
+            for block in blocks:
+                self._release(block)
+            raise
+        return Landed(req, self.pool.arena, extents, self._release, "tcp")
+
+    def _land(self, advertised: Sequence[protocol.Extent]
+              ) -> tuple[list[int], list[Extent], list[memoryview]]:
+        """Packs the advertised extents into fresh local blocks."""
+        size = self.pool.block_size
+        needed, offset = 0, size
+        for ext in advertised:
+            if offset + ext.length > size:
+                needed, offset = needed + 1, 0
+            offset += ext.length
+        self._reserve(needed)
+        blocks: list[int] = []
+        extents, targets = [], []
+        view, offset = None, size
+        for ext in advertised:
+            if offset + ext.length > size:
+                blocks.append(self.pool.acquire())
+                view, offset = self.pool.view(blocks[-1]), 0
+            extents.append(Extent(blocks[-1], offset, ext.length, ext.crc))
+            targets.append(view[offset:offset + ext.length])
+            offset += ext.length
+        return blocks, extents, targets
+
+    def _reserve(self, blocks: int) -> None:
+        """Waits until `blocks` more fit under maxBytesInFlight (or nothing is held)."""
+        with self._held_changed:
+            self._held_changed.wait_for(
+                lambda: self._stop.is_set() or self._held == 0
+                or self._held + blocks <= self._cap_blocks)
+            if self._stop.is_set():
+                raise FetchFailed("the reader stopped")
+            self._held += blocks
+
+    def _release(self, block: int) -> None:
+        self.pool.release(block)
+        with self._held_changed:
+            self._held -= 1
+            self._held_changed.notify_all()
+
+    # ---- many requests, overlapped with the consumer ----
+
+    def fetch_all(self, requests: Iterable[FetchRequest]) -> Iterator[Landed]:
+        """Yields each request's extents in order while later ones are being fetched."""
+        ready: queue.Queue[Landed | BaseException | None] = queue.Queue()
+        stop = self._stop
+        stop.clear()
+
+        def run() -> None:
+            try:
+                for req in requests:
+                    if stop.is_set():
+                        return
+                    ready.put(self.fetch_one(req))
+                ready.put(None)
+            except BaseException as err:  # handed to the consumer, raised there
+                ready.put(err)
+
+        worker = threading.Thread(target=run, name="netspark-fetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                start = time.perf_counter()
+                item = ready.get()
+                self.wait_seconds += time.perf_counter() - start
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            with self._held_changed:  # wake a fetch waiting for room
+                self._held_changed.notify_all()
+            if worker.is_alive():  # and one waiting on the network
+                for conn in list(self._peers.values()):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            while worker.is_alive() or not ready.empty():
+                try:
+                    item = ready.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if isinstance(item, Landed):
+                    for block in {e.block_id for e in item.extents}:
+                        item.release(block)
+
+    def close(self) -> None:
+        for conn in self._peers.values():
+            conn.close()
+        self._peers.clear()
+        for arena in self._arenas.values():
+            arena.close()
+        self._arenas.clear()

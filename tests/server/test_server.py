@@ -1,0 +1,276 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netspark.server.local_api import ServerClient, ServerError
+from netspark.server.worker import read_partition
+from netspark.transport import protocol
+from netspark.transport.fetch import Fetcher, FetchFailed
+from netspark.transport.protocol import ErrorCode, MapAttempt
+from netspark.transport.tcp import RemoteError, TcpPeer
+from tests.server.conftest import (
+    APP,
+    SECRET,
+    conf,
+    link_to,
+    request,
+    running_server,
+    write_map,
+)
+
+PARTS = 3
+
+
+def records_of(map_id: int, count: int = 3000) -> list:
+    return [(k, (map_id, k, "v" * (k % 13))) for k in range(map_id, map_id + count)]
+
+
+def expected_partition(maps: list[int], reduce_id: int) -> list:
+    return [r for m in maps for r in records_of(m) if r[0] % PARTS == reduce_id]
+
+
+@pytest.mark.parametrize("short_circuit", ["false", "true"])
+def test_three_servers_serve_a_shuffle(short_circuit):
+    with running_server() as a, running_server() as b, running_server() as c:
+        placement = {a: [0, 1], b: [2], c: [3, 4]}
+        for server, maps in placement.items():
+            with link_to(server) as link:
+                for m in maps:
+                    write_map(link, 7, m, PARTS, records_of(m))
+        with link_to(a, localShortCircuit=short_circuit) as reader:
+            fetcher = reader.fetcher()
+            for reduce_id in range(PARTS):
+                reqs = [request(s.address, 7, reduce_id, *maps) for s, maps in placement.items()]
+                got = list(read_partition(fetcher, reqs))
+                assert got == expected_partition([0, 1, 2, 3, 4], reduce_id)
+            routes = set(fetcher._routes.values())
+            assert routes == ({"local"} if short_circuit == "true" else {"tcp"})
+            fetcher.close()
+            reader.pool.flush()
+            assert reader.arena.stats().leased_blocks == sum(
+                len(o.blocks) for o in a.registry.outputs())  # fetched blocks all came back
+
+
+def test_short_circuit_reads_in_place(tmp_path):
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 1, 0, 1, records_of(0))
+        fetcher = link.fetcher()
+        [landed] = list(fetcher.fetch_all([request(a.address, 1, 0, 0)]))
+        committed = a.registry.partition(1, 0, 0, 0).extents
+        assert landed.via == "local"
+        assert [(e.block_id, e.offset) for e in landed.extents] == \
+            [(e.block_id, e.offset) for e in committed]  # no copy: the committed blocks
+        fetcher.close()
+
+
+def test_unregister_frees_the_blocks():
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 3, 0, PARTS, records_of(0))
+        link.pool.flush()
+        held = a.arena.stats().leased_blocks
+        assert held > 0
+        assert link.unregister(3) == held
+        assert a.arena.stats().leased_blocks == 0
+        with pytest.raises(FetchFailed, match="NOT_COMMITTED"):
+            list(read_partition(link.fetcher(), [request(a.address, 3, 0, 0)]))
+
+
+def test_a_commit_of_blocks_not_held_is_refused():
+    with running_server() as a, link_to(a) as link:
+        with pytest.raises(ServerError, match="not all are held"):
+            link.client.call("commit", shuffle=1, map=0, attempt=0, blocks=[5],
+                             partitions={"0": [1, [[5, 0, 10, 0]]]})
+        writer = link.writer(1, 0, 0)
+        writer.write(0, [1, 2, 3])
+        writer.stream.close()
+        with pytest.raises(ServerError, match="outside its block"):
+            link.client.call("commit", shuffle=1, map=0, attempt=0,
+                             blocks=writer.stream.blocks,
+                             partitions={"0": [3, [[writer.stream.blocks[0], 0, 1 << 30, 0]]]})
+        writer.abort()  # the refused attempt's blocks came back to it, and now go
+        link.pool.flush()
+        assert a.arena.stats().leased_blocks == 0
+
+
+def test_an_attempt_committed_twice_is_refused():
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 1, 0, 1, [(0, 0)])
+        with pytest.raises(ServerError, match="already committed"):
+            write_map(link, 1, 0, 1, [(0, 0)])
+        link.pool.flush()
+        assert a.arena.stats().leased_blocks == 1  # only the first attempt's block
+
+
+def test_only_committed_extents_can_be_read():
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 2, 0, 1, records_of(0))
+        peer = TcpPeer("127.0.0.1", a.address.port, secret=SECRET, app_id=APP, timeout=5)
+        [ext, *_] = peer.advertise(2, 0, [MapAttempt(0, 0)])
+        target = bytearray(ext.length)
+        peer.read_into(2, [ext], [memoryview(target)])
+        assert bytes(target) == bytes(a.arena.block_view(ext.block_id)[
+            ext.offset:ext.offset + ext.length])
+        forged = [
+            ext._replace(length=ext.length + 1),  # past the extent
+            ext._replace(offset=ext.offset + 1),
+            ext._replace(block_id=ext.block_id + 1),  # a block never committed
+            ext._replace(map_id=9),
+        ]
+        for bad in forged:
+            with pytest.raises(RemoteError) as err:
+                peer.read_into(2, [bad], [memoryview(bytearray(bad.length))])
+            assert err.value.code == ErrorCode.OUT_OF_BOUNDS
+        with pytest.raises(RemoteError) as err:
+            peer.read_into(3, [ext], [memoryview(target)])  # another shuffle
+        assert err.value.code == ErrorCode.OUT_OF_BOUNDS
+        with pytest.raises(RemoteError) as err:
+            peer.advertise(2, 0, [MapAttempt(0, 1)])  # an attempt that never committed
+        assert err.value.code == ErrorCode.NOT_COMMITTED
+        peer.close()
+
+
+def test_a_wrong_secret_is_refused_by_network_and_local_servers():
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 1, 0, 1, [(0, 0)])
+        wrong = Fetcher(link.pool, conf(localShortCircuit="false"),
+                        secret=b"another-secret-of-enough-length", app_id=APP)
+        with pytest.raises(FetchFailed, match="shared secret"):
+            wrong.fetch_one(request(a.address, 1, 0, 0))
+        with pytest.raises(Exception, match="secret"):
+            ServerClient(a.local_name, secret=b"another-secret-of-enough-length", app_id=APP)
+
+
+def raw_connection(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return sock
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\n\r\n",  # not a netspark peer
+    protocol.HEADER.pack(b"NSPK", 1, protocol.MsgType.HELLO, 0, 1 << 30),  # oversized
+    protocol.HEADER.pack(b"NSPK", 1, protocol.MsgType.HELLO, 0, 40) + b"short",  # truncated
+    protocol.HEADER.pack(b"NSPK", 9, protocol.MsgType.HELLO, 0, 0),  # unknown version
+    protocol.HEADER.pack(b"NSPK", 1, 99, 0, 0),  # unknown type
+])
+def test_bad_messages_close_the_connection_and_nothing_else(garbage):
+    with running_server() as a, link_to(a) as link:
+        write_map(link, 1, 0, 1, [(0, "x")])
+        sock = raw_connection(a.address.port)
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        try:
+            while sock.recv(4096):
+                pass  # an ERROR frame at most, then the close
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: also a close
+        sock.close()
+        fetcher = Fetcher(link.pool, conf(localShortCircuit="false"), secret=SECRET, app_id=APP)
+        assert list(read_partition(fetcher, [request(a.address, 1, 0, 0)])) == [(0, "x")]
+        fetcher.close()
+
+
+def test_an_unauthenticated_request_is_refused():
+    with running_server() as a:
+        sock = raw_connection(a.address.port)
+        protocol.send_message(sock, protocol.FetchReq(1, 1, 0, (MapAttempt(0, 0),)))
+        reply = protocol.recv_message(sock)
+        assert isinstance(reply, protocol.ErrorMsg)
+        assert sock.recv(1) == b""  # and closed
+        sock.close()
+
+
+def test_a_local_client_of_another_user_is_refused():
+    with running_server() as a:
+        pid = os.fork()
+        if pid == 0:  # child: become nobody, then try
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(5)
+                sock.connect(a.local_name)
+                code = 0 if sock.recv(1) == b"" else 1  # closed without a word
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_slow_reader_holds_no_more_than_max_bytes_in_flight():
+    with running_server() as a, running_server() as b:
+        with link_to(b) as link:
+            for m in range(6):
+                write_map(link, 4, m, 1, [(0, os.urandom(40_000)) for _ in range(10)])
+        limit = 4 * (64 << 10)
+        with link_to(a, localShortCircuit="false",
+                     **{"reducer.maxBytesInFlight": str(limit)}) as reader:
+            fetcher = reader.fetcher()
+            peak = 0
+            count = 0
+            for _ in read_partition(fetcher, [request(b.address, 4, 0, m) for m in range(6)]):
+                peak = max(peak, fetcher._held)
+                count += 1
+                time.sleep(0.002)
+            assert count == 60
+            assert 0 < peak * reader.pool.block_size <= limit
+            assert fetcher._held == 0
+            fetcher.close()
+
+
+def test_server_process_stops_cleanly_on_sigterm(server_process):
+    proc = server_process("spark.netspark.buffer.initialSize=32m")
+    arena_path = proc.address.arena_path
+    assert os.path.exists(arena_path)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=20) == 0
+    assert not os.path.exists(arena_path)
+
+
+def test_server_process_dies_with_its_parent(server_process):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = server_process(extra=("--parent", str(sleeper.pid)))
+    sleeper.kill()
+    sleeper.wait()
+    assert proc.proc.wait(timeout=20) == 0
+    assert not os.path.exists(proc.address.arena_path)
+
+
+def test_a_peer_killed_mid_transfer_fails_cleanly_without_leaks(server_process):
+    proc = server_process()
+    with link_to_process(proc) as link:
+        big = [(0, os.urandom(1 << 20)) for _ in range(60)]  # 60 MiB in one partition
+        write_map(link, 5, 0, 1, big)
+    with running_server() as a, link_to(a, localShortCircuit="false",
+                                        **{"network.maxRetries": "1"}) as reader:
+        fetcher = reader.fetcher()
+        got = 0
+        with pytest.raises(FetchFailed, match="failed 2 times"):
+            for _ in read_partition(fetcher, [request(proc.address, 5, 0, 0)] * 3):
+                if got == 0:
+                    proc.proc.kill()
+                got += 1
+        fetcher.close()
+        reader.pool.flush()
+        assert fetcher._held == 0
+        assert reader.arena.stats().leased_blocks == 0
+
+
+def link_to_process(proc):
+    from netspark.server.worker import ExecutorLink
+
+    class Closing:
+        def __enter__(self):
+            self.link = ExecutorLink(proc.local_name, conf(), secret=SECRET, app_id=APP)
+            return self.link
+
+        def __exit__(self, *exc):
+            self.link.close()
+
+    return Closing()
