@@ -1,0 +1,159 @@
+"""Host side of the soft-RoCE (rdma_rxe) suite.
+
+Tests marked `rxe` need a VM: the session fixture `rxe_guest_run` boots ONE
+qemu VM (tests/rxe/vm.py) that runs `pytest tests/rxe/inside -m rxe_guest`
+with the host's own venv on the guest's kernel, and hands the inner result
+(exit code, per-test outcomes from JUnit XML, recorded metrics) to the host
+tests. Booting once per test would cost a boot each.
+
+They are opt-in, since they take a minute and may install Debian packages:
+run them with `pytest -m rxe tests/rxe` (or NETSPARK_RXE=1). Without that they
+are skipped with a message saying how.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.rxe import vm
+
+GUEST_SUITE = "tests/rxe/inside"
+GUEST_MARKER = "rxe_guest"
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestRun:
+    returncode: int  # of the inner pytest
+    output: str  # the VM console
+    seconds: float  # boot to power-off
+    outcomes: dict[str, str]  # inner test id -> passed | failed | error | skipped
+    metrics: dict[str, float]  # recorded by the inner tests (record_metric)
+
+
+_RUN_KEY = pytest.StashKey[GuestRun]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "rxe: needs the soft-RoCE qemu VM (one boot per session);"
+        " opt in with -m rxe or NETSPARK_RXE=1",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{GUEST_MARKER}: runs inside the soft-RoCE VM; skips where there is no RDMA device",
+    )
+
+
+def _rxe_requested(config: pytest.Config) -> bool:
+    if os.environ.get("NETSPARK_RXE") == "1":
+        return True
+    markexpr = config.getoption("markexpr", default="") or ""
+    return "rxe" in re.findall(r"\w+", markexpr)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _rxe_requested(config):
+        return
+    skip = pytest.mark.skip(
+        reason="soft-RoCE VM tests are opt-in: pytest -m rxe tests/rxe (or NETSPARK_RXE=1)"
+    )
+    for item in items:
+        if item.get_closest_marker("rxe") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
+    """Boot the VM once and run the inner suite in it."""
+    share = vm.REPO_ROOT
+    runs = share / vm.RUN_DIR_NAME
+    runs.mkdir(exist_ok=True)
+    results = Path(tempfile.mkdtemp(prefix="results-", dir=runs))
+    try:
+        junit = results / "junit.xml"
+        argv = [
+            sys.executable, "-m", "pytest", GUEST_SUITE,
+            "-m", GUEST_MARKER,
+            "-p", "no:cacheprovider",
+            "-v", "-s", "-rfEs",
+            f"--junitxml={junit}",
+        ]  # fmt: skip
+        env = {
+            "PATH": os.environ.get("PATH", vm.DEFAULT_PATH),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "NETSPARK_RXE_GUEST": "1",
+            "NETSPARK_RXE_RESULTS": str(results),
+        }
+        if "VIRTUAL_ENV" in os.environ:
+            env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+        timeout = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "900"))
+        artifacts = vm.prepare()
+        with _live_output(request.config):
+            result = vm.run_in_vm(
+                argv, workdir=str(share), env=env, timeout=timeout, share=share, artifacts=artifacts
+            )
+        metrics_file = results / "metrics.json"
+        run = GuestRun(
+            returncode=result.returncode,
+            output=result.output,
+            seconds=result.seconds,
+            outcomes=_junit_outcomes(junit) if junit.exists() else {},
+            metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+        )
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            runs.rmdir()  # unless another run is using it
+    request.config.stash[_RUN_KEY] = run
+    return run
+
+
+def _live_output(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
+    """Let the VM console through pytest's capture, so CI logs show progress."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        return contextlib.nullcontext()
+    return capman.global_and_fixture_disabled()
+
+
+def _junit_outcomes(path: Path) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
+                break
+        outcomes[name] = outcome
+    return outcomes
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    run = terminalreporter.config.stash.get(_RUN_KEY, None)
+    if run is None:
+        return
+    terminalreporter.section("soft-RoCE VM")
+    counts: dict[str, int] = {}
+    for outcome in run.outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no results"
+    terminalreporter.write_line(
+        f"inner pytest exit {run.returncode} ({summary}) in {run.seconds:.1f} s of VM time"
+    )
+    for name, value in sorted(run.metrics.items()):
+        terminalreporter.write_line(f"{name}: {value:.4g}")

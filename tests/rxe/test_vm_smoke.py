@@ -1,0 +1,129 @@
+"""Soft-RoCE smoke suite, host side.
+
+The `rxe` tests share one VM boot (the `rxe_guest_run` session fixture in
+conftest.py) that runs tests/rxe/inside in the guest; they check and report
+its result. The unmarked tests check the harness itself on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.rxe import vm
+
+# The VM's own limit (NETSPARK_RXE_TIMEOUT) plus room for a first prepare().
+_PYTEST_TIMEOUT = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "900")) + 600
+
+EXPECTED_GUEST_TESTS = (
+    "test_device_is_listed",
+    "test_port_is_active",
+    "test_gid_index_1_is_ipv4_mapped_rocev2",
+    "test_pyverbs_rc_rdma_read_1mib",
+    "test_ib_read_bw_2mib",
+)
+
+rxe = pytest.mark.rxe
+
+
+def _console_tail(output: str, n: int = 80) -> str:
+    return "\n".join(output.splitlines()[-n:])
+
+
+@rxe
+@pytest.mark.timeout(_PYTEST_TIMEOUT)
+def test_guest_suite_passes(rxe_guest_run) -> None:
+    assert rxe_guest_run.returncode == 0, (
+        f"inner pytest exited {rxe_guest_run.returncode}; VM console:\n"
+        + _console_tail(rxe_guest_run.output)
+    )
+
+
+@rxe
+@pytest.mark.timeout(_PYTEST_TIMEOUT)
+def test_guest_ran_every_test(rxe_guest_run) -> None:
+    """A run of skips would hide a broken bring-up: every inner test must pass."""
+    outcomes = rxe_guest_run.outcomes
+    ran = {name.rsplit("::", 1)[-1] for name in outcomes}
+    assert set(EXPECTED_GUEST_TESTS) <= ran, (
+        f"missing inner tests: {set(EXPECTED_GUEST_TESTS) - ran}"
+    )
+    not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
+    assert not not_passed, f"inner tests not passed: {not_passed}"
+
+
+@rxe
+@pytest.mark.timeout(_PYTEST_TIMEOUT)
+def test_ib_read_bw_reference_recorded(rxe_guest_run) -> None:
+    gbps = rxe_guest_run.metrics.get("ib_read_bw_2MiB_Gbps")
+    assert gbps is not None and gbps > 0, f"no ib_read_bw figure: {rxe_guest_run.metrics}"
+    print(f"ib_read_bw 2 MiB in the VM: {gbps:.3f} Gb/s")
+
+
+# --- the harness on the host (no VM) ------------------------------------------
+
+_ECHO = (
+    "import json, os, sys;"
+    " json.dump({'argv': sys.argv[2:], 'env': dict(os.environ)}, open(sys.argv[1], 'w'))"
+)
+
+
+def test_run_script_passes_argv_and_env_verbatim(tmp_path: Path) -> None:
+    out = tmp_path / "seen.json"
+    argv = [
+        sys.executable,
+        "-c",
+        _ECHO,
+        str(out),
+        "a b",
+        "$HOME",
+        "'q'",
+        '"dq"',
+        "`id`",
+        "",
+        "*",
+        "x\ny",
+    ]
+    env = {"HOME": "/tmp", "PATH": vm.DEFAULT_PATH, "ODD": "x y $z 'q' \"dq\"\n2", "EMPTY": ""}
+    script = tmp_path / "run.sh"
+    script.write_text(vm.run_script(argv, workdir=str(tmp_path), env=env, rundir=str(tmp_path)))
+    subprocess.run(["/bin/sh", str(script)], check=True, cwd="/", capture_output=True)
+    assert (tmp_path / "started").exists()
+    assert (tmp_path / "rc").read_text().strip() == "0"
+    seen = json.loads(out.read_text())
+    assert seen["argv"] == argv[4:]
+    extra = set(seen["env"]) - set(env)
+    assert {k: seen["env"][k] for k in env} == env
+    assert extra <= {"LC_CTYPE"}, f"the command saw variables it was not given: {extra}"
+
+
+def test_run_script_records_failures(tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text(
+        vm.run_script(
+            ["sh", "-c", "exit 7"], workdir="/", env={"PATH": vm.DEFAULT_PATH}, rundir=str(tmp_path)
+        )
+    )
+    subprocess.run(["/bin/sh", str(script)], check=True, capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "7"
+    missing = tmp_path / "no-such-dir"
+    script.write_text(vm.run_script(["true"], workdir=str(missing), env={}, rundir=str(tmp_path)))
+    subprocess.run(["/bin/sh", str(script)], check=True, capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "126"
+
+
+def test_cpio_writer_layout() -> None:
+    from tests.rxe.image import CpioWriter
+
+    writer = CpioWriter()
+    writer.add_dir("bin")
+    writer.add_file("init", b"#!/bin/sh\n", 0o755)
+    data = writer.finish()
+    assert data.startswith(b"070701")
+    assert len(data) % 4 == 0
+    assert b"init\0" in data and b"TRAILER!!!\0" in data
