@@ -15,7 +15,9 @@ import sys
 import threading
 
 from netspark.config import ConfigError, NetsparkConf
+from netspark.server.control import follow_coordinator
 from netspark.server.server import ShuffleServer
+from netspark.transport.auth import AuthError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                         help="a spark.netspark.* setting (repeatable)")
     parser.add_argument("--parent", type=int, help="exit when this process dies")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="the application's coordinator; exit when it goes away")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -65,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.parent:
         threading.Thread(target=watch_parent, args=(args.parent, stop), daemon=True).start()
+    if args.coordinator:
+        host, _, port = args.coordinator.rpartition(":")
+        try:
+            follow_coordinator(server, host, int(port), stop)
+        except (OSError, ValueError, AuthError) as err:
+            print(f"netspark.server: cannot reach the coordinator {args.coordinator}: {err}",
+                  file=sys.stderr)
+            server.stop()
+            return 1
     print(json.dumps({"address": vars(server.address), "local": server.local_name[1:],
                       "pid": os.getpid()}), flush=True)
     while not stop.wait(0.5):

@@ -1,0 +1,1 @@
+"""PySpark integration: one flag routes every RDD shuffle through netspark."""

@@ -1,0 +1,208 @@
+"""Turning netspark on for a SparkContext created with `spark.netspark.enabled=true`.
+
+Two moments matter. Before the JVM context exists (`_initialize_context`), the
+settings are validated and `spark.python.daemon.module` is pointed at netspark's
+daemon, so every executor starts its server. Right after (`_do_init`), the
+coordinator starts, the executors' environment is filled in, and the RDD shuffles
+are rerouted. Anything that prevents activation is logged and Spark's own shuffle
+stays in place, except that `transport=rdma` and bad values fail loudly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from netspark.config import PREFIX, ConfigError, NetsparkConf, parse_bool
+
+log = logging.getLogger("netspark")
+DAEMON_MODULE = "netspark.spark.daemon"
+
+
+class ActivationError(RuntimeError):
+    """netspark was asked for explicitly (transport=rdma) and cannot run."""
+
+
+def _incompatible(settings: dict[str, str]) -> str | None:
+    """Settings under which Spark would keep map handles whose data is gone."""
+    if parse_bool(settings.get("spark.shuffle.service.enabled", "false")):
+        return ("spark.shuffle.service.enabled=true: the external shuffle service would serve "
+                "handles after their executor (and its netspark server) is gone")
+    if parse_bool(settings.get("spark.dynamicAllocation.enabled", "false")) and not parse_bool(
+            settings.get("spark.dynamicAllocation.shuffleTracking.enabled", "true")):
+        return ("spark.dynamicAllocation.enabled=true without "
+                "spark.dynamicAllocation.shuffleTracking.enabled=true: executors holding "
+                "shuffle data could be removed")
+    return None
+
+
+def _executor_python(settings: dict[str, str]) -> str | None:
+    """The executors' Python when they run on this host, made to be one with netspark."""
+    if not settings.get("spark.master", "").startswith("local"):
+        return None  # remote executors: netspark must be installed there (see README)
+    if "PYSPARK_PYTHON" not in os.environ:
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    return shutil.which(os.environ["PYSPARK_PYTHON"]) or os.environ["PYSPARK_PYTHON"]
+
+
+def plan(settings: dict[str, str]) -> NetsparkConf | None:
+    """Decides, from the settings, whether and how netspark runs; None leaves Spark as is."""
+    if not parse_bool(settings.get(PREFIX + "enabled", "false")):
+        return None
+    conf = NetsparkConf.from_spark(settings)  # a bad value is the user's to fix: raise
+    problem = _incompatible(settings)
+    python = _executor_python(settings)
+    if problem is None and python is not None:
+        check = subprocess.run([python, "-c", "import netspark._native"],
+                               capture_output=True, text=True)
+        if check.returncode:
+            problem = f"the executors' Python ({python}) cannot import netspark: " + \
+                check.stderr.strip().splitlines()[-1]
+    if problem is not None:
+        if conf.transport == "rdma":
+            raise ActivationError(f"netspark cannot run: {problem}")
+        log.warning("netspark: not activated, Spark's own shuffle stays: %s", problem)
+        return None
+    return conf
+
+
+class ShuffleState:
+    """netspark's bookkeeping for one SparkContext."""
+
+    def __init__(self, conf: NetsparkConf, coordinator: Any) -> None:
+        self.conf = conf
+        self.coordinator = coordinator
+        self._ids = itertools.count(1)
+        self._by_jvm_id: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def next_shuffle_id(self) -> int:
+        return next(self._ids)
+
+    def track(self, jvm_shuffle_id: int, shuffle_id: int) -> None:
+        with self._lock:
+            self._by_jvm_id[jvm_shuffle_id] = shuffle_id
+
+    def shuffle_cleaned(self, jvm_shuffle_id: int) -> None:
+        with self._lock:
+            shuffle_id = self._by_jvm_id.pop(jvm_shuffle_id, None)
+        if shuffle_id is not None:
+            self.coordinator.unregister(shuffle_id)
+
+    def stop(self) -> None:
+        self.coordinator.stop()
+
+
+class CleanerListener:
+    """Spark's ContextCleaner calls this (through py4j) when a shuffle is dropped."""
+
+    def __init__(self, state: ShuffleState) -> None:
+        self.state = state
+
+    def shuffleCleaned(self, shuffle_id: int) -> None:  # noqa: N802 (Java's name)
+        self.state.shuffle_cleaned(shuffle_id)
+
+    def rddCleaned(self, rdd_id: int) -> None:  # noqa: N802
+        pass
+
+    def broadcastCleaned(self, broadcast_id: int) -> None:  # noqa: N802
+        pass
+
+    def accumCleaned(self, acc_id: int) -> None:  # noqa: N802
+        pass
+
+    def checkpointCleaned(self, rdd_id: int) -> None:  # noqa: N802
+        pass
+
+    class Java:
+        implements = ["org.apache.spark.CleanerListener"]
+
+
+def _attach_cleaner(sc: Any, state: ShuffleState) -> None:
+    from pyspark.java_gateway import ensure_callback_server_started
+
+    try:
+        ensure_callback_server_started(sc._gateway)
+        cleaner = sc._jsc.sc().cleaner()
+        if cleaner.isDefined():
+            cleaner.get().attachListener(CleanerListener(state))
+    except Exception as err:  # cleanup then happens at the application's end only
+        log.warning("netspark: shuffles will be freed only when the application ends: %s", err)
+
+
+def activate(sc: Any, conf: NetsparkConf) -> None:
+    """Starts the coordinator and reroutes the shuffles of `sc`."""
+    from netspark.spark import shuffle
+    from netspark.spark.coordinator import Coordinator
+
+    settings = dict(sc._conf.getAll())
+    secret = settings.get("spark.authenticate.secret") or secrets.token_hex(32)
+    local = sc.master.startswith("local")
+    host = "127.0.0.1" if local else settings.get("spark.driver.host", "127.0.0.1")
+    coordinator = Coordinator(host, secret=secret.encode(), app_id=sc.applicationId,
+                              timeout=conf.network_timeout)
+    sc.environment.update({
+        "NETSPARK_CONF": json.dumps({k: v for k, v in settings.items()
+                                     if k.startswith(PREFIX)}),
+        "NETSPARK_SECRET": secret,
+        "NETSPARK_APP_ID": sc.applicationId,
+        "NETSPARK_COORDINATOR": "{}:{}".format(*coordinator.address),
+        "NETSPARK_HOST": "127.0.0.1" if local else "",
+    })
+    state = ShuffleState(conf, coordinator)
+    sc._netspark = state
+    shuffle.install()
+    _attach_cleaner(sc, state)
+    log.info("netspark: enabled for %s (transport=%s, localShortCircuit=%s, pool %d MiB)",
+             sc.applicationId, conf.transport, conf.localShortCircuit,
+             conf.buffer_poolSize >> 20)
+
+
+def wrap_spark_context(context_class: type) -> None:
+    """Wraps SparkContext so that contexts with the flag activate netspark."""
+    if getattr(context_class, "_netspark_wrapped", False):
+        return
+    initialize_context = context_class._initialize_context
+    do_init = context_class._do_init
+    stop = context_class.stop
+
+    def _initialize_context(self: Any, jconf: Any) -> Any:
+        settings = dict(self._conf.getAll())
+        try:
+            self.__dict__["_netspark_plan"] = plan(settings)
+        except (ConfigError, ActivationError):
+            raise
+        except Exception as err:
+            if settings.get(PREFIX + "transport", "").strip().lower() == "rdma":
+                raise ActivationError(f"netspark cannot run: {err}") from err
+            log.warning("netspark: not activated, Spark's own shuffle stays: %s", err)
+        if self.__dict__.get("_netspark_plan") is not None:
+            jconf.set("spark.python.daemon.module", DAEMON_MODULE)
+        return initialize_context(self, jconf)
+
+    def _do_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        do_init(self, *args, **kwargs)
+        conf = self.__dict__.pop("_netspark_plan", None)
+        if conf is not None:
+            activate(self, conf)
+
+    def _stop(self: Any) -> None:
+        try:
+            stop(self)
+        finally:
+            state = self.__dict__.pop("_netspark", None)
+            if state is not None:
+                state.stop()
+
+    context_class._initialize_context = _initialize_context
+    context_class._do_init = _do_init
+    context_class.stop = _stop
+    context_class._netspark_wrapped = True

@@ -1,0 +1,128 @@
+"""What runs inside PySpark's Python workers: the map side and the reduce side.
+
+Map: records are bucketed by `partitionFunc(k) % n` (as PySpark does), written in
+batches straight into shared blocks, committed to this executor's server, and only
+one small handle per non-empty partition is yielded to Spark's own shuffle.
+Reduce: the handles of a partition are turned into fetches, and the records are
+read from the fetched blocks while later ones are still arriving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from netspark.config import NetsparkConf
+from netspark.server.worker import ExecutorLink, read_partition
+from netspark.spark.handles import BadHandle, Handle
+from netspark.transport.fetch import FetchRequest
+from netspark.transport.protocol import MapAttempt
+
+BATCH_BYTES = 1 << 20  # aim for batches of about this many pickled bytes
+_link: ExecutorLink | None = None
+
+
+class NetsparkUnavailable(RuntimeError):
+    """This executor has no working netspark server."""
+
+
+def executor_link() -> ExecutorLink:
+    """This process's link to its executor's server (one per process, made on first use)."""
+    global _link
+    if _link is None or _link.pid != os.getpid():
+        error = os.environ.get("NETSPARK_SERVER_ERROR")
+        if error:
+            raise NetsparkUnavailable(f"the netspark server of this executor did not start: "
+                                      f"{error}")
+        try:
+            conf = NetsparkConf.from_spark(json.loads(os.environ["NETSPARK_CONF"]))
+            _link = ExecutorLink("\0" + os.environ["NETSPARK_SERVER"], conf,
+                                 secret=os.environ["NETSPARK_SECRET"].encode(),
+                                 app_id=os.environ["NETSPARK_APP_ID"])
+        except KeyError as err:
+            raise NetsparkUnavailable(
+                f"{err} is not set: this Python worker was not started by netspark's "
+                "daemon (is netspark installed in the executors' Python?)") from None
+    return _link
+
+
+def _pack_long(value: int) -> bytes:
+    return value.to_bytes(8, "big", signed=True)  # as pyspark.serializers.pack_long
+
+
+def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]],
+                     partition_func: Callable[[Any], int], partitions: int,
+                     attempt: int) -> Iterator[bytes]:
+    """Writes one map partition; yields (reduce id, handle) pairs for Spark's shuffle."""
+    link = executor_link()
+    writer = link.writer(shuffle, split, attempt)
+    try:
+        buckets: dict[int, list[Any]] = defaultdict(list)
+        pending, limit = 0, min(10 * partitions, 1000)
+        for record in records:
+            buckets[partition_func(record[0]) % partitions].append(record)
+            pending += 1
+            if pending >= limit:
+                before = writer.stream.tell()
+                for reduce_id, bucket in buckets.items():
+                    writer.write(reduce_id, bucket)
+                per_record = max(1, (writer.stream.tell() - before) // pending)
+                limit = max(100, min(1 << 20, partitions * BATCH_BYTES // per_record // 4))
+                buckets.clear()
+                pending = 0
+        for reduce_id, bucket in buckets.items():
+            writer.write(reduce_id, bucket)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for reduce_id, (count, extents) in sorted(writer.partitions.items()):
+        handle = Handle(link.address, shuffle, split, attempt, reduce_id,
+                        sum(e.length for e in extents), count)
+        yield _pack_long(reduce_id)
+        yield handle.encode()
+
+
+def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes]) -> Iterator[Any]:
+    """The records of one reduce partition, from every map output Spark committed."""
+    by_server: dict[Any, list[Handle]] = defaultdict(list)
+    for data in handles:
+        handle = Handle.decode(data)
+        if handle.shuffle != shuffle or handle.reduce_id != split:
+            raise BadHandle(f"partition {split} of shuffle {shuffle} received a handle of "
+                            f"shuffle {handle.shuffle} partition {handle.reduce_id}")
+        by_server[handle.server].append(handle)
+    if not by_server:
+        return
+    link = executor_link()
+    chunk = max(link.pool.block_size, link.conf.reducer_maxBytesInFlight // 2)
+    requests = []
+    for server, server_handles in by_server.items():
+        maps: list[MapAttempt] = []
+        size = 0
+        for h in server_handles:  # requests of about half the in-flight cap each
+            if maps and size + h.size > chunk:
+                requests.append(FetchRequest(server, shuffle, split, tuple(maps)))
+                maps, size = [], 0
+            maps.append(MapAttempt(h.map_id, h.attempt))
+            size += h.size
+        requests.append(FetchRequest(server, shuffle, split, tuple(maps)))
+    fetcher = link.fetcher()
+    try:
+        yield from read_partition(fetcher, requests, checksum=link.conf.checksum == "crc32c")
+    finally:
+        fetcher.close()
+        if fetcher.wait_seconds > 1:
+            print(f"netspark: partition {split} of shuffle {shuffle} waited "
+                  f"{fetcher.wait_seconds:.1f} s for data", file=sys.stderr)
+
+
+def round_robin(split: int, records: Iterable[Any], partitions: int) -> Iterator[tuple[int, Any]]:
+    """Keys records for repartition: spread evenly, starting where the split says."""
+    start = (split * 0x9E3779B1) % partitions
+    for i, record in enumerate(records):
+        yield (start + i) % partitions, record
