@@ -38,12 +38,14 @@ class ExecutorLink:
         self.pool = BlockPool(self.arena, batch=conf.buffer_leaseBatch,
                               acquire_timeout=conf.buffer_acquireTimeout)
         self.pid = os.getpid()
+        self.peer_arenas: dict[str, Arena] = {}  # mapped for short-circuit reads
 
     def writer(self, shuffle: int, map_id: int, attempt: int) -> MapOutputWriter:
         return MapOutputWriter(self, shuffle, map_id, attempt)
 
     def fetcher(self) -> Fetcher:
-        return Fetcher(self.pool, self.conf, secret=self.secret, app_id=self.app_id)
+        return Fetcher(self.pool, self.conf, secret=self.secret, app_id=self.app_id,
+                       arenas=self.peer_arenas)
 
     def unregister(self, shuffle: int) -> int:
         return int(self.client.call("unregister", shuffle=shuffle)["freed"])
@@ -54,6 +56,8 @@ class ExecutorLink:
     def close(self) -> None:
         self.pool.close()
         self.client.close()
+        for arena in self.peer_arenas.values():
+            arena.close()
         self.arena.close()
 
 

@@ -81,14 +81,18 @@ class Fetcher:
     """Fetches into blocks of `pool` on behalf of one reader."""
 
     def __init__(self, pool: BlockPool, conf: NetsparkConf, *, secret: bytes, app_id: str,
+                 arenas: dict[str, Arena] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        """`arenas`: peers' arenas mapped for short-circuit reads, kept by the caller
+        (records read in place may hold views of them after this fetcher closes)."""
         self.pool = pool
         self.conf = conf
         self.secret = secret
         self.app_id = app_id
         self._sleep = sleep
         self._peers: dict[PeerAddress, TcpPeer] = {}
-        self._arenas: dict[str, Arena] = {}
+        self._own_arenas = arenas is None
+        self._arenas: dict[str, Arena] = {} if arenas is None else arenas
         self._routes: dict[PeerAddress, str] = {}
         self._cap_blocks = max(1, conf.reducer_maxBytesInFlight // pool.block_size)
         self._held = 0
@@ -106,7 +110,8 @@ class Fetcher:
                 route, why = "tcp", "a different host"
             else:
                 try:
-                    self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
+                    if peer.arena_path not in self._arenas:
+                        self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
                     route, why = "local", "same host: reading its arena in place"
                 except ArenaError as err:
                     route, why = "tcp", f"same host, but its arena cannot be mapped: {err}"
@@ -251,6 +256,7 @@ class Fetcher:
         for conn in self._peers.values():
             conn.close()
         self._peers.clear()
-        for arena in self._arenas.values():
-            arena.close()
-        self._arenas.clear()
+        if self._own_arenas:
+            for arena in self._arenas.values():
+                arena.close()
+            self._arenas.clear()

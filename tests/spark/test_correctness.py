@@ -1,0 +1,49 @@
+"""Flag on vs off: every shuffling RDD operation returns exactly the same, with the
+same-host short-circuit on and off, on a local cluster of two executors."""
+
+import pytest
+
+from tests.spark.conftest import spark_context
+from tests.spark.operations import OPERATIONS
+
+MODES = {
+    "spark": {},
+    "netspark-local": {"netspark.enabled": "true"},
+    "netspark-tcp": {"netspark.enabled": "true", "netspark.localShortCircuit": "false"},
+}
+
+
+@pytest.fixture(scope="module")
+def results():
+    """Each mode's results, one cluster at a time (never two at once on 2 cores)."""
+    out = {}
+    for mode, settings in MODES.items():
+        with spark_context(**settings) as sc:
+            active = getattr(sc, "_netspark", None)
+            assert (active is not None) == ("netspark.enabled" in settings), mode
+            out[mode] = {name: run(fn, sc) for name, fn in OPERATIONS.items()}
+            if active is not None:
+                out[mode]["servers"] = len(active.coordinator.servers)
+    return out
+
+
+def run(fn, sc):
+    try:
+        return fn(sc)
+    except Exception as err:  # recorded, so one failure does not hide the others
+        return f"raised {type(err).__name__}: {str(err)[:2000]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["netspark-local", "netspark-tcp"])
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_same_result_as_spark(results, mode, name):
+    expected = results["spark"][name]
+    assert not (isinstance(expected, str) and expected.startswith("raised")), expected
+    assert results[mode][name] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["netspark-local", "netspark-tcp"])
+def test_every_executor_ran_a_server(results, mode):
+    assert results[mode]["servers"] == 2
