@@ -1,76 +1,82 @@
-"""The netspark demo: the buffer manager and block streams at work, with their figures.
+"""The netspark demo: one unchanged PySpark GroupBy, with Spark's shuffle and with netspark.
 
-A map task's records go straight into shared 2 MB blocks, one output per reduce
-partition sharing blocks as extents; reduce tasks in other processes read them in
-place, each block handed back as soon as it is consumed. Then the side-by-side
-figures of bench/buffers.py at a demo size.
+    python bench/demo.py [--records 2000000] [--partitions 16] [--reps 1]
+
+Runs on a local cluster of two executors (local-cluster[2,1,2048]), one context
+per mode and never two at once. The job is the same program both times; only
+`spark.netspark.enabled` differs. The results must be equal; the times are shown
+side by side with their ratio.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
-import subprocess
+import random
 import sys
 import time
-from pathlib import Path
 
-from netspark.buffer_manager import Arena, BlockPool
-from netspark.config import NetsparkConf
-from netspark.serde import BlockInputStream, BlockOutputStream, RecordWriter, read_records
+from pyspark import SparkConf, SparkContext
 
-ROOT = Path(__file__).resolve().parents[1]
-PARTITIONS = 4
-RECORDS = 400_000
 
-READER = """
-import sys, json
-from netspark.buffer_manager import Arena, BlockPool
-from netspark.serde import BlockInputStream, Extent, read_records
-arena = Arena.attach(sys.argv[1])
-extents = [Extent(*map(int, e.split(","))) for e in sys.argv[2].split(";")]
-released = []
-count = sum(1 for _ in read_records(BlockInputStream(arena, extents, released.append)))
-print(json.dumps({"records": count, "released": len(released)}))
-"""
+def make_records(split: int, count: int) -> list:
+    rng = random.Random(split)
+    return [(rng.randrange(count // 10 or 1), rng.randbytes(100)) for _ in range(count)]
+
+
+def run(netspark: bool, records: int, partitions: int) -> tuple[float, str]:
+    conf = (SparkConf().setMaster("local-cluster[2,1,2048]")
+            .setAppName(f"netspark-demo-{'netspark' if netspark else 'spark'}")
+            .set("spark.ui.enabled", "false")
+            .set("spark.default.parallelism", str(partitions))
+            .set("spark.netspark.enabled", str(netspark).lower()))
+    sc = SparkContext(conf=conf)
+    sc.setLogLevel("ERROR")
+    try:
+        per_part = records // partitions
+        data = sc.parallelize(range(partitions), partitions) \
+            .flatMap(lambda split: make_records(split, per_part)).cache()
+        data.count()  # generate and cache outside the timed job
+        start = time.perf_counter()
+        grouped = data.groupByKey(partitions).mapValues(
+            lambda values: (len(values), hashlib.sha256(b"".join(sorted(values))).hexdigest()))
+        result = sorted(grouped.collect())
+        took = time.perf_counter() - start
+        digest = hashlib.sha256(repr(result).encode()).hexdigest()
+        active = getattr(sc, "_netspark", None) is not None
+        if active != netspark:
+            sys.exit(f"netspark was {'on' if active else 'off'} where it should not be")
+        return took, digest
+    finally:
+        sc.stop()
 
 
 def main() -> None:
-    conf = NetsparkConf.from_spark({"spark.netspark.buffer.poolSize": "512m"})
-    with Arena.create(conf) as arena:
-        print(f"arena: {arena.stats()}")
-        pool = BlockPool(arena)
-        start = time.perf_counter()
-        out = BlockOutputStream(pool)
-        outputs = []
-        for part in range(PARTITIONS):
-            writer = RecordWriter(out)
-            writer.write_all((k, os.urandom(100)) for k in range(part, RECORDS, PARTITIONS))
-            writer.flush()
-            outputs.append(out.cut())
-        out.close()
-        took = time.perf_counter() - start
-        print(f"map: {RECORDS} (int, 100-byte) records into {len(out.blocks)} blocks in "
-              f"{took:.2f} s; {PARTITIONS} outputs as "
-              f"{[len(o) for o in outputs]} extents sharing blocks")
-        pool.flush()
-        arena.transfer(out.blocks, to_pid=os.getpid())  # as a commit hands them over
-        total = 0
-        for part, extents in enumerate(outputs):
-            spec = ";".join(f"{e.block_id},{e.offset},{e.length},{e.crc}" for e in extents)
-            reader = subprocess.run([sys.executable, "-c", READER, arena.path, spec],
-                                    pass_fds=(arena.fd,), capture_output=True, text=True,
-                                    check=True, cwd=ROOT)
-            print(f"reduce {part} (pid-separate process): {reader.stdout.strip()}")
-            total += int(reader.stdout.split('"records": ')[1].split(",")[0])
-        assert total == RECORDS, f"read {total} records of {RECORDS}"
-        local = sum(1 for _ in read_records(
-            BlockInputStream(arena, [e for o in outputs for e in o], lambda b: None)))
-        assert local == RECORDS
-        arena.release(out.blocks)
-        print(f"arena after: {arena.stats()}")
-    print("\nfigures (bench/buffers.py --gib 0.25 --reps 3):")
-    subprocess.run([sys.executable, str(ROOT / "bench" / "buffers.py"), "--gib", "0.25",
-                    "--reps", "3"], check=True, stderr=subprocess.DEVNULL)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=2_000_000)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=1, help="rounds of spark, netspark")
+    args = parser.parse_args()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    print(f"GroupBy of {args.records:,} (int key, 100 random bytes) records, "
+          f"{args.partitions} partitions, local-cluster[2,1,2048]\n")
+    times: dict[str, list[float]] = {"spark": [], "netspark": []}
+    digests = set()
+    for rep in range(args.reps):
+        for mode in times:
+            print(f"round {rep + 1}/{args.reps}: {mode} ...", flush=True)
+            took, digest = run(mode == "netspark", args.records, args.partitions)
+            times[mode].append(took)
+            digests.add(digest)
+            print(f"  {took:.1f} s", flush=True)
+    if len(digests) != 1:
+        sys.exit("RESULTS DIFFER between Spark's shuffle and netspark")
+    best = {mode: min(values) for mode, values in times.items()}
+    print("\nresults: identical")
+    print(f"| job time | Spark's shuffle | netspark | ratio |\n|---|---|---|---|\n"
+          f"| GroupBy (best of {args.reps}) | {best['spark']:.1f} s | {best['netspark']:.1f} s "
+          f"| {best['netspark'] / best['spark']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,13 @@ def plan(settings: dict[str, str]) -> NetsparkConf | None:
 class ShuffleState:
     """netspark's bookkeeping for one SparkContext."""
 
-    def __init__(self, conf: NetsparkConf, coordinator: Any) -> None:
+    def __init__(self, sc: Any, conf: NetsparkConf, coordinator: Any) -> None:
+        from netspark.spark.metrics import ShuffleMetrics
+
         self.conf = conf
         self.coordinator = coordinator
+        self.metrics_param = ShuffleMetrics()
+        self.metrics = sc.accumulator({}, self.metrics_param)
         self._ids = itertools.count(1)
         self._by_jvm_id: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -96,6 +100,10 @@ class ShuffleState:
             shuffle_id = self._by_jvm_id.pop(jvm_shuffle_id, None)
         if shuffle_id is not None:
             self.coordinator.unregister(shuffle_id)
+
+    def summaries(self) -> dict[int, dict[str, Any]]:
+        """Each shuffle's figures so far (see netspark.spark.metrics)."""
+        return self.metrics.value
 
     def stop(self) -> None:
         self.coordinator.stop()
@@ -157,7 +165,7 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
         "NETSPARK_COORDINATOR": "{}:{}".format(*coordinator.address),
         "NETSPARK_HOST": "127.0.0.1" if local else "",
     })
-    state = ShuffleState(conf, coordinator)
+    state = ShuffleState(sc, conf, coordinator)
     sc._netspark = state
     shuffle.install()
     _attach_cleaner(sc, state)

@@ -70,11 +70,16 @@ def _identity(key: int) -> int:
 def _shuffle(rdd: RDD, partitions: int, partition_func: Callable[[Any], int],
              state: Any) -> RDD:
     shuffle_id = state.next_shuffle_id()
+    state.metrics_param.partitions[shuffle_id] = partitions
+    metrics = state.metrics
+
+    def report(counters: dict[str, Any]) -> None:
+        metrics.add({shuffle_id: counters})
 
     def map_side(split: int, records: Iterable[Any]) -> Iterable[bytes]:
         attempt = TaskContext.get().taskAttemptId() & 0xFFFFFFFF
         return tasks.write_map_output(shuffle_id, split, records, partition_func, partitions,
-                                      attempt)
+                                      attempt, report)
 
     keyed = rdd.mapPartitionsWithIndex(map_side, preservesPartitioning=True)
     keyed._bypass_serializer = True  # type: ignore[attr-defined]
@@ -86,5 +91,5 @@ def _shuffle(rdd: RDD, partitions: int, partition_func: Callable[[Any], int],
     state.track(shuffled.rdd().dependencies().head().shuffleId(), shuffle_id)
     handles = RDD(jvm.PythonRDD.valueOfPair(shuffled), rdd.ctx, NoOpSerializer())
     return handles.mapPartitionsWithIndex(
-        lambda split, it: tasks.read_reduce_partition(shuffle_id, split, it),
+        lambda split, it: tasks.read_reduce_partition(shuffle_id, split, it, report),
         preservesPartitioning=True)

@@ -54,9 +54,12 @@ def _pack_long(value: int) -> bytes:
     return value.to_bytes(8, "big", signed=True)  # as pyspark.serializers.pack_long
 
 
+Report = Callable[[dict[str, Any]], None]
+
+
 def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]],
                      partition_func: Callable[[Any], int], partitions: int,
-                     attempt: int) -> Iterator[bytes]:
+                     attempt: int, report: Report) -> Iterator[bytes]:
     """Writes one map partition; yields (reduce id, handle) pairs for Spark's shuffle."""
     link = executor_link()
     writer = link.writer(shuffle, split, attempt)
@@ -76,10 +79,13 @@ def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]
                 pending = 0
         for reduce_id, bucket in buckets.items():
             writer.write(reduce_id, bucket)
-        writer.commit()
+        sizes = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    report({"maps": 1, "map_bytes": sum(sizes.values()), "blocks": len(writer.stream.blocks),
+            "records": sum(count for count, _ in writer.partitions.values()),
+            "cloudpickled_batches": writer.cloudpickled})
     for reduce_id, (count, extents) in sorted(writer.partitions.items()):
         handle = Handle(link.address, shuffle, split, attempt, reduce_id,
                         sum(e.length for e in extents), count)
@@ -87,7 +93,8 @@ def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]
         yield handle.encode()
 
 
-def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes]) -> Iterator[Any]:
+def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
+                          report: Report) -> Iterator[Any]:
     """The records of one reduce partition, from every map output Spark committed."""
     by_server: dict[Any, list[Handle]] = defaultdict(list)
     for data in handles:
@@ -97,6 +104,7 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes]) ->
                             f"shuffle {handle.shuffle} partition {handle.reduce_id}")
         by_server[handle.server].append(handle)
     if not by_server:
+        report({"reduces": 1})
         return
     link = executor_link()
     chunk = max(link.pool.block_size, link.conf.reducer_maxBytesInFlight // 2)
@@ -114,6 +122,11 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes]) ->
     fetcher = link.fetcher()
     try:
         yield from read_partition(fetcher, requests, checksum=link.conf.checksum == "crc32c")
+        routes: dict[str, int] = {}
+        for route in fetcher._routes.values():
+            routes[route] = routes.get(route, 0) + 1
+        report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": routes,
+                "fetched_bytes": sum(h.size for hs in by_server.values() for h in hs)})
     finally:
         fetcher.close()
         if fetcher.wait_seconds > 1:
