@@ -1,15 +1,36 @@
 """Builds netspark: its native part (cffi, API mode) from csrc/, and the .pth hook
 that activates netspark in any PySpark program when spark.netspark.enabled=true."""
 
-from pathlib import Path
-
+import os
 import shutil
+from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 HOOK = "netspark_hook.pth"
+VERBS_HEADER = "infiniband/verbs.h"
+
+
+def _has_verbs_header() -> bool:
+    """Whether libibverbs-dev is installed: the RDMA module is built only then."""
+    import sysconfig
+
+    env = [*os.environ.get("C_INCLUDE_PATH", "").split(":"),
+           *os.environ.get("CPATH", "").split(":")]
+    dirs = [*env, sysconfig.get_config_var("INCLUDEDIR") or "", "/usr/local/include",
+            "/usr/include",
+            *(str(p) for p in Path("/usr/include").glob("*-linux-gnu"))]
+    return any(d and (Path(d) / VERBS_HEADER).is_file() for d in dirs)
+
+
+CFFI_MODULES = ["csrc/build_native.py:ffibuilder"]
+if os.environ.get("NETSPARK_RDMA", "auto") != "0" and _has_verbs_header():
+    CFFI_MODULES.append("csrc/build_verbs.py:ffibuilder")
+else:
+    print(f"netspark: {VERBS_HEADER} not found (or NETSPARK_RDMA=0): building without RDMA "
+          "(install libibverbs-dev for it)")
 
 
 class BuildWithHook(build_py):
@@ -34,6 +55,6 @@ class EditableWithHook(editable_wheel):
 
 setup(
     packages=find_packages(include=["netspark", "netspark.*"]),
-    cffi_modules=["csrc/build_native.py:ffibuilder"],
+    cffi_modules=CFFI_MODULES,
     cmdclass={"build_py": BuildWithHook, "editable_wheel": EditableWithHook},
 )

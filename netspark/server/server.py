@@ -1,7 +1,9 @@
 """The executor's netspark server: owns the arena, keeps the registry, serves peers.
 
 Three kinds of connection, each on its own thread:
-- network peers (TCP): fetch and read committed extents (`transport.tcp.serve_peer`);
+- network peers: fetch and read committed extents (`transport.tcp.serve_peer`), or,
+  when this server has an RDMA device and the peer offers a queue pair, fetch
+  over SEND/RECV and RDMA-READ the extents (`transport.rdma.serve.serve_peer`);
 - local workers (UNIX socket, `local_api`): commit outputs, unregister shuffles;
 - nobody else: every connection must pass the HMAC handshake first.
 """
@@ -40,6 +42,7 @@ class ShuffleServer:
         self.app_id = app_id
         self.arena = Arena.create(conf, name=f"netspark-{app_id}")
         self.registry = Registry(self.arena.block_size)
+        self.rdma: Any = None  # transport.rdma.peer.RdmaService when RDMA is on
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         try:
@@ -48,17 +51,46 @@ class ShuffleServer:
             self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._unix.bind(self.local_name)
             self._unix.listen(128)
+            self.rdma = self._open_rdma()
         except BaseException:
             self.arena.close()
             raise
         port = self._tcp.getsockname()[1]
         self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
 
+    def _open_rdma(self) -> Any:
+        """The RDMA service, or None: transport=tcp, or auto without a usable device."""
+        if self.conf.transport == "tcp":
+            return None
+        from netspark.transport.rdma import RdmaUnavailable, require
+        try:
+            require()
+            from netspark.transport.rdma.device import open_device
+            from netspark.transport.rdma.peer import RdmaService
+
+            device = open_device(self.conf.rdma_device, self.conf.rdma_port,
+                                 self.conf.rdma_gidIndex)
+        except RdmaUnavailable as err:
+            if self.conf.transport == "rdma":
+                raise RdmaUnavailable(f"spark.netspark.transport=rdma: {err}") from None
+            log.info("netspark: serving over TCP only: %s", err)
+            return None
+        service = RdmaService(device, self.arena)
+        slab_bytes = self.arena.slab_blocks * self.arena.block_size
+        service.register_active_slabs(list(range(-(-self.conf.buffer_initialSize // slab_bytes))))
+        return service
+
     # ---- lifecycle ----
 
     def start(self) -> ShuffleServer:
         slab_bytes = self.arena.slab_blocks * self.arena.block_size
         min_slabs = -(-self.conf.buffer_initialSize // slab_bytes)
+        if self.rdma is not None:
+            # A registered slab pins its pages: punching them out would leave readers'
+            # and our own memory regions on stale pages. So idle slabs stay while RDMA is on.
+            min_slabs = self.arena.max_blocks // self.arena.slab_blocks
+            log.info("netspark: RDMA on (%s): idle arena slabs are kept, not shrunk, "
+                     "because their pages are registered", self.rdma.device.name)
         self.arena.start_maintenance(self.conf.buffer_idleTimeout, min_slabs)
         self._spawn(self._accept, self._tcp, self._serve_network, "netspark-tcp")
         self._spawn(self._accept, self._unix, self._serve_local, "netspark-local")
@@ -90,12 +122,20 @@ class ShuffleServer:
             listener.close()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.rdma is not None:
+            self.rdma.close()
         self.arena.close()
         log.info("netspark server for %s stopped", self.app_id)
 
     # ---- network peers: what transport.tcp.ExtentSource asks ----
 
     def _serve_network(self, conn: socket.socket) -> None:
+        if self.rdma is not None:
+            from netspark.transport.rdma.serve import serve_peer as serve_rdma_peer
+
+            serve_rdma_peer(conn, self, self.rdma, secret=self.secret, app_id=self.app_id,
+                            timeout=self.conf.network_timeout)
+            return
         serve_peer(conn, self, secret=self.secret, app_id=self.app_id,
                    timeout=self.conf.network_timeout)
 

@@ -1,8 +1,11 @@
 """Fetching committed map outputs into this process, over the best transport a peer allows.
 
-For each peer the choice is made once and logged: `local` (same host: ask the peer
-which extents, then read them in place from its arena, no copy), or `tcp` (stream
-them into blocks leased from our own arena). RDMA plugs in here too (issue 5).
+For each peer the choice is made once and logged with its reason: `local` (same
+host: ask the peer which extents, then read them in place from its arena, no
+copy), `rdma` (RDMA-READ them into blocks leased from our own arena, which this
+process registers slab by slab), or `tcp` (stream them into such blocks).
+Under `transport=auto` an RDMA failure moves that peer to TCP (logged once);
+under `transport=rdma` it fails the fetch with the reason.
 
 `Fetcher.fetch_all` runs the fetches on a background thread so that the next
 extents arrive while the caller deserializes the current ones, holding at most
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from netspark.buffer_manager import Arena, ArenaError, BlockPool
 from netspark.config import NetsparkConf
@@ -28,6 +32,7 @@ from netspark.serde import Extent
 from netspark.transport import protocol
 from netspark.transport.auth import AuthError
 from netspark.transport.protocol import MapAttempt, ProtocolError
+from netspark.transport.rdma import RdmaError, RdmaUnavailable, RemoteAccessError
 from netspark.transport.tcp import RemoteError, TcpPeer
 
 log = logging.getLogger(__name__)
@@ -90,7 +95,7 @@ class Fetcher:
         self.secret = secret
         self.app_id = app_id
         self._sleep = sleep
-        self._peers: dict[PeerAddress, TcpPeer] = {}
+        self._peers: dict[PeerAddress, Any] = {}  # TcpPeer or RdmaPeer
         self._own_arenas = arenas is None
         self._arenas: dict[str, Arena] = {} if arenas is None else arenas
         self._routes: dict[PeerAddress, str] = {}
@@ -98,64 +103,118 @@ class Fetcher:
         self._held = 0
         self._held_changed = threading.Condition()
         self._stop = threading.Event()
+        self._rdma: Any = None  # (device, this process's registrations of our arena)
         self.wait_seconds = 0.0  # time the consumer waited for data
 
     # ---- choosing a route, once per peer ----
 
     def _route(self, peer: PeerAddress) -> str:
         if peer not in self._routes:
-            if not self.conf.localShortCircuit:
-                route, why = "tcp", "spark.netspark.localShortCircuit=false"
-            elif peer.host_key != host_key():
-                route, why = "tcp", "a different host"
-            else:
-                try:
-                    if peer.arena_path not in self._arenas:
-                        self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
-                    route, why = "local", "same host: reading its arena in place"
-                except ArenaError as err:
-                    route, why = "tcp", f"same host, but its arena cannot be mapped: {err}"
+            route, why = self._choose(peer)
             log.info("netspark: fetching from %s over %s (%s)", peer, route, why)
             self._routes[peer] = route
         return self._routes[peer]
 
-    def _connection(self, peer: PeerAddress) -> TcpPeer:
+    def _choose(self, peer: PeerAddress) -> tuple[str, str]:
+        if not self.conf.localShortCircuit:
+            why = "spark.netspark.localShortCircuit=false"
+        elif peer.host_key != host_key():
+            why = "a different host"
+        else:
+            try:
+                self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
+                return "local", "same host: reading its arena in place"
+            except ArenaError as err:
+                why = f"same host, but its arena cannot be mapped: {err}"
+        if self.conf.transport == "tcp":
+            return "tcp", f"{why}; spark.netspark.transport=tcp"
+        try:
+            self._peers[peer] = self._rdma_peer(peer)
+        except (RdmaUnavailable, RdmaError) as err:
+            if self.conf.transport == "rdma":
+                raise FetchFailed(f"spark.netspark.transport=rdma, but RDMA to {peer} is not "
+                                  f"possible: {err}") from err
+            return "tcp", f"{why}; RDMA not possible: {err}"
+        return "rdma", f"{why}; RDMA device {self._rdma[0].name}"
+
+    def _rdma_peer(self, peer: PeerAddress) -> Any:
+        from netspark.transport.rdma import require
+        from netspark.transport.rdma.device import open_device
+        from netspark.transport.rdma.peer import RdmaPeer, arena_registrations
+
+        require()
+        if self._rdma is None:
+            device = open_device(self.conf.rdma_device, self.conf.rdma_port,
+                                 self.conf.rdma_gidIndex)
+            self._rdma = device, arena_registrations(device, self.pool.arena, remote_read=False)
+        device, local = self._rdma
+        return RdmaPeer(peer.host, peer.port, secret=self.secret, app_id=self.app_id,
+                        timeout=self.conf.network_timeout, device=device, local=local)
+
+    def _connection(self, peer: PeerAddress) -> Any:
+        route = self._route(peer)
         if peer not in self._peers:
-            self._peers[peer] = TcpPeer(peer.host, peer.port, secret=self.secret,
-                                        app_id=self.app_id, timeout=self.conf.network_timeout)
+            if route == "rdma":
+                self._peers[peer] = self._rdma_peer(peer)
+            else:
+                self._peers[peer] = TcpPeer(peer.host, peer.port, secret=self.secret,
+                                            app_id=self.app_id,
+                                            timeout=self.conf.network_timeout)
         return self._peers[peer]
 
     def _drop(self, peer: PeerAddress) -> None:
         conn = self._peers.pop(peer, None)
         if conn is not None:
-            conn.sock.close()
+            getattr(conn, "abort", conn.sock.close)()
+
+    def _rdma_failed(self, peer: PeerAddress, err: RdmaError) -> bool:
+        """Moves `peer` to TCP after an RDMA failure under transport=auto (logged once)."""
+        self._drop(peer)
+        if self.conf.transport != "auto" or self._routes.get(peer) != "rdma":
+            return False
+        self._routes[peer] = "tcp"
+        log.warning("netspark: RDMA to %s failed (%s); falling back to TCP for this peer",
+                    peer, err)
+        return True
 
     # ---- one request ----
 
     def fetch_one(self, req: FetchRequest) -> Landed:
         retries = self.conf.network_maxRetries
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             try:
                 return self._try_fetch(req)
             except (RemoteError, AuthError) as err:
                 raise FetchFailed(f"fetching shuffle {req.shuffle} partition {req.reduce_id} "
                                   f"from {req.peer}: {err}") from err
+            except RdmaError as err:
+                if self._rdma_failed(req.peer, err):
+                    continue  # at once, over TCP
+                if isinstance(err, RemoteAccessError):  # no retry can fix a bad key
+                    raise FetchFailed(f"fetching shuffle {req.shuffle} partition "
+                                      f"{req.reduce_id} from {req.peer}: {err}") from err
+                self._retry_wait(req, err, attempt, retries)
             except (OSError, EOFError, ProtocolError) as err:
                 self._drop(req.peer)
-                if attempt == retries:
-                    raise FetchFailed(
-                        f"fetching shuffle {req.shuffle} partition {req.reduce_id} from "
-                        f"{req.peer} failed {retries + 1} times; last error: {err}") from err
-                wait = self.conf.network_retryWait * 2 ** attempt
-                log.warning("netspark: fetch from %s failed (%s); retry %d/%d in %.1f s",
-                            req.peer, err, attempt + 1, retries, wait)
-                self._sleep(wait)
-        raise AssertionError("unreachable")
+                self._retry_wait(req, err, attempt, retries)
+            attempt += 1
+
+    def _retry_wait(self, req: FetchRequest, err: Exception, attempt: int, retries: int) -> None:
+        if attempt >= retries:
+            raise FetchFailed(
+                f"fetching shuffle {req.shuffle} partition {req.reduce_id} from "
+                f"{req.peer} failed {retries + 1} times; last error: {err}") from err
+        wait = self.conf.network_retryWait * 2 ** attempt
+        log.warning("netspark: fetch from %s failed (%s); retry %d/%d in %.1f s",
+                    req.peer, err, attempt + 1, retries, wait)
+        self._sleep(wait)
 
     def _try_fetch(self, req: FetchRequest) -> Landed:
         conn = self._connection(req.peer)
         advertised = conn.advertise(req.shuffle, req.reduce_id, req.maps)
-        if self._route(req.peer) == "local":
+        route = self._route(req.peer)
+        if route == "local":
             arena = self._arenas[req.peer.arena_path]
             extents = [Extent(e.block_id, e.offset, e.length, e.crc) for e in advertised]
             return Landed(req, arena, extents, lambda block: None, "local")
@@ -166,7 +225,7 @@ class Fetcher:
             for block in blocks:
                 self._release(block)
             raise
-        return Landed(req, self.pool.arena, extents, self._release, "tcp")
+        return Landed(req, self.pool.arena, extents, self._release, route)
 
     def _land(self, advertised: Sequence[protocol.Extent]
               ) -> tuple[list[int], list[Extent], list[memoryview]]:
@@ -256,6 +315,9 @@ class Fetcher:
         for conn in self._peers.values():
             conn.close()
         self._peers.clear()
+        if self._rdma is not None:
+            self._rdma[1].close()
+            self._rdma = None
         if self._own_arenas:
             for arena in self._arenas.values():
                 arena.close()
