@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--partitions", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=1, help="rounds of spark, netspark")
+    parser.add_argument("--reps", type=int, default=2, help="rounds of spark, netspark")
     args = parser.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     print(f"GroupBy of {args.records:,} (int key, 100 random bytes) records, "
