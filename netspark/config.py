@@ -119,6 +119,9 @@ KEYS: tuple[Key, ...] = (
     Key("rdma.port", "1", bounded_int(1, 255), "RDMA device port."),
     Key("rdma.gidIndex", "-1", bounded_int(-1, 255),
         "GID index; -1: the first RoCE v2 IPv4-mapped GID."),
+    Key("rdma.naive", "false", parse_bool,
+        "Benchmarks only: the 'naive RDMA' baseline, copying every extent through separate "
+        "registered bounce buffers on both sides instead of reading arena blocks in place."),
     Key("network.timeout", "120s", parse_duration,
         "How long a peer may stay silent in the middle of a request."),
     Key("network.maxRetries", "3", bounded_int(0, 100),

@@ -75,7 +75,7 @@ class ShuffleServer:
                 raise RdmaUnavailable(f"spark.netspark.transport=rdma: {err}") from None
             log.info("netspark: serving over TCP only: %s", err)
             return None
-        service = RdmaService(device, self.arena)
+        service = RdmaService(device, self.arena, naive=self.conf.rdma_naive)
         slab_bytes = self.arena.slab_blocks * self.arena.block_size
         service.register_active_slabs(list(range(-(-self.conf.buffer_initialSize // slab_bytes))))
         return service

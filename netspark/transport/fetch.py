@@ -149,7 +149,8 @@ class Fetcher:
             self._rdma = device, arena_registrations(device, self.pool.arena, remote_read=False)
         device, local = self._rdma
         return RdmaPeer(peer.host, peer.port, secret=self.secret, app_id=self.app_id,
-                        timeout=self.conf.network_timeout, device=device, local=local)
+                        timeout=self.conf.network_timeout, device=device, local=local,
+                        naive=self.conf.rdma_naive)
 
     def _connection(self, peer: PeerAddress) -> Any:
         route = self._route(peer)

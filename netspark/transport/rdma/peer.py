@@ -45,6 +45,7 @@ from netspark.transport.rdma.channel import (
 )
 from netspark.transport.rdma.device import Device, QueuePair, SlabRegistrations, ffi
 from netspark.transport.rdma.errors import RdmaError, RdmaUnavailable
+from netspark.transport.rdma.naive import Bounce
 from netspark.transport.tcp import RemoteError, tune
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class RdmaPeer:
     """A reader's connection to one serving peer: the TcpPeer interface, over RDMA."""
 
     def __init__(self, host: str, port: int, *, secret: bytes, app_id: str, timeout: float,
-                 device: Device, local: SlabRegistrations) -> None:
+                 device: Device, local: SlabRegistrations, naive: bool = False) -> None:
         self.name = f"{host}:{port}"
+        self.bounce = Bounce(device) if naive else None  # benchmarks only
         self.timeout = timeout
         self.local = local
         self.max_msg = device.limits.max_msg
@@ -115,6 +117,9 @@ class RdmaPeer:
                   targets: Sequence[memoryview]) -> None:
         """RDMA-READs each extent into the memory of the same index (arena blocks)."""
         assert self.channel is not None
+        if self.bounce is not None:
+            self._read_naive(extents, targets)
+            return
         ops: list[ReadOp] = []
         for ext, target in zip(extents, targets, strict=True):
             if len(target) != ext.length:
@@ -123,6 +128,19 @@ class RdmaPeer:
             lkey = self.local.mr_for(laddr, ext.length).lkey
             ops += split_reads(laddr, lkey, ext.length, ext.addr, ext.rkey, self.max_msg)
         self.channel.read(ops, self.timeout, self.sock.fileno())
+
+    def _read_naive(self, extents: Sequence[Extent], targets: Sequence[memoryview]) -> None:
+        """Benchmarks only: READ into the bounce buffer, then copy out into the blocks."""
+        assert self.channel is not None and self.bounce is not None
+        placed, ops = [], []
+        for ext in extents:
+            at = self.bounce.place(ext.length)
+            placed.append(at)
+            ops += split_reads(self.bounce.address + at, self.bounce.mr.lkey, ext.length,
+                               ext.addr, ext.rkey, self.max_msg)
+        self.channel.read(ops, self.timeout, self.sock.fileno())
+        for at, ext, target in zip(placed, extents, targets, strict=True):
+            target[:] = self.bounce.view(at, ext.length)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -134,16 +152,21 @@ class RdmaPeer:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
+        if self.bounce is not None:
+            self.bounce.close()
+            self.bounce = None
         self.sock.close()
 
 
 class RdmaService:
     """The serving side: the arena's registrations and a queue pair per reader."""
 
-    def __init__(self, device: Device, arena: Arena) -> None:
+    def __init__(self, device: Device, arena: Arena, naive: bool = False) -> None:
         self.device = device
         self.arena = arena
         self.regs = arena_registrations(device, arena, remote_read=True)
+        # Benchmarks only: serve copies from a bounce buffer, not the arena itself.
+        self.bounce = Bounce(device, remote_read=True) if naive else None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.closed = False
@@ -166,6 +189,12 @@ class RdmaService:
         out = []
         for ext in extents:
             addr = self.arena.block_address(ext.block_id) + ext.offset
+            if self.bounce is not None:
+                at = self.bounce.place(ext.length)
+                self.bounce.view(at, ext.length)[:] = self.arena.block_view(ext.block_id)[
+                    ext.offset:ext.offset + ext.length]
+                out.append(ext._replace(addr=self.bounce.address + at, rkey=self.bounce.mr.rkey))
+                continue
             out.append(ext._replace(addr=addr, rkey=self.regs.mr_for(addr, ext.length).rkey))
         return out
 
@@ -178,6 +207,8 @@ class RdmaService:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self.regs.close()
+        if self.bounce is not None:
+            self.bounce.close()
 
 
 class RdmaAcceptor:

@@ -135,3 +135,21 @@ def test_a_peer_killed_mid_read() -> None:
         proc.proc.kill()
         proc.proc.wait()
 
+
+
+def test_naive_mode_copies_through_bounce_buffers() -> None:
+    """The benchmarks' baseline: same bytes, but never read from or into the arenas."""
+    naive = rdma_conf(**{"rdma.naive": "true"})
+    with running_server(**naive) as server, link_to(server, **naive) as link:
+        write_map(link, 6, 0, 2, records(3000))
+        peer = RdmaPeer("127.0.0.1", server.address.port, secret=SECRET, app_id=APP,
+                        timeout=20, device=device(), naive=True,
+                        local=arena_registrations(device(), link.arena, remote_read=False))
+        extents = peer.advertise(6, 1, [MapAttempt(0, 0)])
+        bounce = server.rdma.bounce
+        assert all(bounce.address <= e.addr < bounce.address + bounce.size for e in extents)
+        _, targets = land(link, extents)
+        peer.read_into(6, extents, targets)
+        for ext, target in zip(extents, targets, strict=True):
+            assert bytes(target) == committed(server, ext)
+        peer.close()
