@@ -106,11 +106,24 @@ static long elapsed_ms(const struct timespec *start)
            (now.tv_nsec - start->tv_nsec) / 1000000L;
 }
 
+static long elapsed_us(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000000L +
+           (now.tv_nsec - start->tv_nsec) / 1000L;
+}
+
 int ns_wait(struct ibv_cq *cq, struct ibv_comp_channel *channel, int extra_fd,
-            int timeout_ms, ns_wc *out, int max)
+            int timeout_ms, int spin_us, ns_wc *out, int max)
 {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
+    while (spin_us > 0 && elapsed_us(&start) < spin_us) {
+        int n = ns_poll(cq, out, max);
+        if (n)
+            return n;
+    }
     for (;;) {
         int n = ns_poll(cq, out, max);
         if (n)

@@ -48,11 +48,13 @@ int ns_post_reads(struct ibv_qp *qp, uint32_t n, const uint64_t *wr_ids,
                   uint32_t *posted);
 /* Up to max completions, without waiting. */
 int ns_poll(struct ibv_cq *cq, ns_wc *out, int max);
-/* Up to max completions, waiting up to timeout_ms (-1: forever) on the
- * completion channel (no busy loop: soft-RoCE peers may share one CPU).
- * Returns the count, 0 on timeout, NS_WAIT_FD if extra_fd (>= 0) became
- * readable first, or -errno. */
+/* Up to max completions, waiting up to timeout_ms (-1: forever): first by
+ * polling for spin_us microseconds (a reply often comes sooner than an
+ * interrupt-driven wake-up), then blocked on the completion channel (no
+ * endless busy loop: soft-RoCE peers may share one CPU). Returns the count,
+ * 0 on timeout, NS_WAIT_FD if extra_fd (>= 0) became readable first, or
+ * -errno. */
 int ns_wait(struct ibv_cq *cq, struct ibv_comp_channel *channel, int extra_fd,
-            int timeout_ms, ns_wc *out, int max);
+            int timeout_ms, int spin_us, ns_wc *out, int max);
 
 #endif

@@ -41,6 +41,7 @@ RECV_RING = 32  # receive buffers per queue pair (a constant of protocol version
 SLOT = 4096  # bytes per receive buffer and per send buffer
 SEND_DEPTH = 128  # send queue entries: control SENDs and RDMA READs together
 SIGNAL_EVERY = 16
+SPIN_US = 0  # see ns_wait; bench/rdma.py measures what spinning buys
 RECV_TAG = 1 << 63  # wr_id bit of receive work requests
 _WC_BATCH = 32
 
@@ -76,6 +77,7 @@ class Channel:
         self.window = SendWindow(qp.send_depth, SIGNAL_EVERY, limits.max_rd_atomic)
         self.credits = Credits(RECV_RING)
         self.failed: RdmaError | None = None
+        self.spin_us = SPIN_US  # poll this long before sleeping on the completion channel
         self.send_completions = 0  # polled for the send queue (signaled requests only)
         self.credit_updates = 0  # credit-only messages sent
         self.inbox: deque[bytes] = deque()
@@ -196,7 +198,8 @@ class Channel:
     def progress(self, deadline: float | None, extra_fd: int = -1, what: str = "") -> bool:
         """Waits for and handles completions; True if `extra_fd` became readable instead."""
         left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        got = lib.ns_wait(self.qp.cq, self.qp.channel, extra_fd, left, self._wcs, _WC_BATCH)
+        got = lib.ns_wait(self.qp.cq, self.qp.channel, extra_fd, left, self.spin_us, self._wcs,
+                          _WC_BATCH)
         if got == lib.NS_WAIT_FD:
             return True
         if got < 0:
