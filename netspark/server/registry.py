@@ -92,13 +92,33 @@ class Registry:
         with self._lock:
             return (shuffle, map_id, block_id, offset, length) in self._readable
 
-    def unregister(self, shuffle: int) -> list[int]:
-        """Forgets a shuffle; returns the blocks its outputs held, now the caller's to free."""
+    def replace(self, output: MapOutput, partitions: Mapping[int, Partition]) -> MapOutput:
+        """Moves a committed output's extents (it was spilled); returns the new record,
+        whose `blocks` are empty: the old ones are the caller's to free."""
+        moved = MapOutput(output.shuffle, output.map_id, output.attempt, dict(partitions), ())
+        key = (output.shuffle, output.map_id, output.attempt)
+        with self._lock:
+            if self._outputs.get(key) is not output:
+                raise UnknownOutput(f"shuffle {key[0]} map {key[1]} attempt {key[2]} changed")
+            self._outputs[key] = moved
+            for old, new in ((output, False), (moved, True)):
+                for part in old.partitions.values():
+                    for ext in part.extents:
+                        entry = (output.shuffle, output.map_id, ext.block_id, ext.offset,
+                                 ext.length)
+                        if new:
+                            self._readable.add(entry)
+                        else:
+                            self._readable.discard(entry)
+        return moved
+
+    def unregister(self, shuffle: int) -> list[MapOutput]:
+        """Forgets a shuffle; returns its outputs, whose blocks are now the caller's to free."""
         with self._lock:
             gone = [key for key in self._outputs if key[0] == shuffle]
             outputs = [self._outputs.pop(key) for key in gone]
             self._readable = {r for r in self._readable if r[0] != shuffle}
-        return [block for output in outputs for block in output.blocks]
+        return outputs
 
     def outputs(self) -> Iterable[MapOutput]:
         with self._lock:

@@ -23,6 +23,7 @@ from netspark.config import NetsparkConf
 from netspark.serde import Extent
 from netspark.server.local_api import peer_credentials, recv_json, send_json, socket_name
 from netspark.server.registry import BadCommit, Partition, Registry
+from netspark.server.spill import Spiller, default_directory
 from netspark.transport import protocol
 from netspark.transport.auth import server_handshake
 from netspark.transport.fetch import PeerAddress, host_key
@@ -42,6 +43,9 @@ class ShuffleServer:
         self.app_id = app_id
         self.arena = Arena.create(conf, name=f"netspark-{app_id}")
         self.registry = Registry(self.arena.block_size)
+        blocks = self.arena.max_blocks
+        self.spiller = Spiller(self.registry, self.arena, default_directory(conf.spill_dir),
+                               low=max(4, blocks // 16), high=max(8, blocks // 8))
         self.rdma: Any = None  # transport.rdma.peer.RdmaService when RDMA is on
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
@@ -92,6 +96,14 @@ class ShuffleServer:
             log.info("netspark: RDMA on (%s): idle arena slabs are kept, not shrunk, "
                      "because their pages are registered", self.rdma.device.name)
         self.arena.start_maintenance(self.conf.buffer_idleTimeout, min_slabs)
+        if self.rdma is None:  # spilled extents are served over TCP only
+            spill = threading.Thread(target=self.spiller.run, args=(self._stopped,),
+                                     name="netspark-spill", daemon=True)
+            spill.start()
+            self._threads.append(spill)
+        else:
+            log.info("netspark: RDMA on: committed outputs are not spilled; a full pool "
+                     "makes writers wait, then fail with PoolExhausted")
         self._spawn(self._accept, self._tcp, self._serve_network, "netspark-tcp")
         self._spawn(self._accept, self._unix, self._serve_local, "netspark-local")
         log.info("netspark server for %s listening on %s (local %r); arena: %s",
@@ -124,6 +136,7 @@ class ShuffleServer:
             thread.join(timeout=5)
         if self.rdma is not None:
             self.rdma.close()
+        self.spiller.close()
         self.arena.close()
         log.info("netspark server for %s stopped", self.app_id)
 
@@ -154,6 +167,12 @@ class ShuffleServer:
 
     def view(self, block_id: int) -> memoryview:
         return self.arena.block_view(block_id)
+
+    def extent_data(self, ref: protocol.ExtentRef) -> memoryview | bytes:
+        """The bytes of a committed extent (checked with may_read first)."""
+        if ref.block_id & protocol.SPILLED_BLOCK_FLAG:
+            return self.spiller.read(ref.block_id, ref.offset, ref.length)
+        return self.arena.block_view(ref.block_id)[ref.offset:ref.offset + ref.length]
 
     # ---- local workers ----
 
@@ -209,7 +228,9 @@ class ShuffleServer:
             raise
 
     def unregister(self, shuffle: int) -> int:
-        blocks = self.registry.unregister(shuffle)
+        outputs = self.registry.unregister(shuffle)
+        self.spiller.forget(outputs)
+        blocks = [block for output in outputs for block in output.blocks]
         if blocks:
             self.arena.release(blocks)
         return len(blocks)
@@ -217,4 +238,6 @@ class ShuffleServer:
     def stats(self) -> dict[str, Any]:
         outputs = self.registry.outputs()
         return {"arena": vars(self.arena.stats()), "shuffles": len(self.registry.shuffles()),
-                "outputs": len(outputs), "bytes": sum(o.size for o in outputs)}
+                "outputs": len(outputs), "bytes": sum(o.size for o in outputs),
+                "spilled_outputs": sum(1 for o in outputs if not o.blocks),
+                "spilled_bytes": self.spiller.spilled_bytes}

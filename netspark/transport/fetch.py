@@ -215,7 +215,8 @@ class Fetcher:
         conn = self._connection(req.peer)
         advertised = conn.advertise(req.shuffle, req.reduce_id, req.maps)
         route = self._route(req.peer)
-        if route == "local":
+        spilled = any(e.block_id & protocol.SPILLED_BLOCK_FLAG for e in advertised)
+        if route == "local" and not spilled:  # spilled extents come over TCP
             arena = self._arenas[req.peer.arena_path]
             extents = [Extent(e.block_id, e.offset, e.length, e.crc) for e in advertised]
             return Landed(req, arena, extents, lambda block: None, "local")

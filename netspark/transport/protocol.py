@@ -39,6 +39,10 @@ PROOF_SIZE = 32
 MAX_APP_ID_BYTES = 64
 MAX_ERROR_MESSAGE_BYTES = 1024
 RDMA_MTUS = frozenset({256, 512, 1024, 2048, 4096})
+# An extent whose block id has this bit set lives in a server's spill file (the rest
+# of the id names the file, its offset is within that file): it cannot be read in
+# place or by RDMA, only by READ_REQ over TCP.
+SPILLED_BLOCK_FLAG = 0x80000000
 
 Buffer = bytes | bytearray | memoryview
 

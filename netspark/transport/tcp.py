@@ -57,6 +57,8 @@ class ExtentSource(Protocol):
 
     def view(self, block_id: int) -> memoryview: ...
 
+    def extent_data(self, ref: ExtentRef) -> memoryview | bytes: ...  # in memory or on disk
+
 
 def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -113,7 +115,7 @@ def _answer_read(sock: socket.socket, source: ExtentSource, req: ReadReq) -> Non
                 f"extent {index} {tuple(ref)} was not committed for shuffle {req.shuffle_id}"))
             return
     for index, ref in enumerate(req.extents):
-        data = source.view(ref.block_id)[ref.offset:ref.offset + ref.length]
+        data = source.extent_data(ref)
         _send_all(sock, [Data(req.request_id, index, ref.length).encode(), data])
 
 

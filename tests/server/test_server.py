@@ -8,7 +8,8 @@ import time
 import pytest
 
 from netspark.server.local_api import ServerClient, ServerError
-from netspark.server.worker import read_partition
+from netspark.server.server import ShuffleServer
+from netspark.server.worker import ExecutorLink, read_partition
 from netspark.transport import protocol
 from netspark.transport.fetch import Fetcher, FetchFailed
 from netspark.transport.protocol import ErrorCode, MapAttempt
@@ -274,3 +275,24 @@ def link_to_process(proc):
             self.link.close()
 
     return Closing()
+
+
+def test_two_applications_on_one_host_are_isolated():
+    other_secret = b"the-other-application-secret!"
+    with running_server() as mine, link_to(mine) as link:
+        write_map(link, 1, 0, 1, [(0, "mine")])
+        other = ShuffleServer(conf(), secret=other_secret, app_id="app-other").start()
+        try:
+            theirs = ExecutorLink(other.local_name, conf(), secret=other_secret,
+                                  app_id="app-other")
+            fetcher = theirs.fetcher()
+            for short_circuit in (True, False):  # in place or over TCP: auth comes first
+                fetcher.conf = conf(localShortCircuit=str(short_circuit).lower())
+                with pytest.raises(FetchFailed, match="refused|secret|app id"):
+                    fetcher.fetch_one(request(mine.address, 1, 0, 0))
+            with pytest.raises(Exception, match="refused|secret|app id"):
+                ServerClient(mine.local_name, secret=other_secret, app_id="app-other")
+            fetcher.close()
+            theirs.close()
+        finally:
+            other.stop()

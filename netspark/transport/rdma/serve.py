@@ -56,6 +56,9 @@ class _WithAddresses:
     def view(self, block_id: int) -> memoryview:
         return self.source.view(block_id)
 
+    def extent_data(self, ref: ExtentRef) -> memoryview | bytes:
+        return self.source.extent_data(ref)
+
 
 def serve_peer(sock: socket.socket, source: ExtentSource, service: RdmaService, *,
                secret: bytes, app_id: str, timeout: float) -> None:

@@ -1,0 +1,163 @@
+"""Faults on a real 2-executor cluster: the job is right, or fails clearly; never hangs,
+never answers wrong, and leaves nothing behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from netspark.buffer_manager import Arena
+from tests.spark.conftest import spark_context
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def processes(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split() if int(pid) != os.getpid()]
+
+
+def slow_groupby(sc, records=60_000, partitions=8):
+    data = sc.parallelize(range(records), partitions).map(lambda i: (i % 500, i))
+
+    def slowly(values):
+        time.sleep(0.4)
+        return sum(values)
+
+    return data.groupByKey(partitions).mapValues(slowly)
+
+
+def expected_sums(records=60_000):
+    sums = {}
+    for i in range(records):
+        sums[i % 500] = sums.get(i % 500, 0) + i
+    return sorted(sums.items())
+
+
+def run_in_thread(fn):
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except Exception as err:
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_for_reduce_stage(sc, timeout=120):
+    """Waits until a stage that reads a shuffle (the second) is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for stage in sc.statusTracker().getActiveStageIds():
+            info = sc.statusTracker().getStageInfo(stage)
+            if info is not None and stage >= 1 and info.numActiveTasks > 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the reduce stage never started")
+
+
+def test_an_executor_killed_during_the_reduce_stage(tmp_path):
+    with spark_context(**{"netspark.enabled": "true"}) as sc:
+        thread, box = run_in_thread(lambda: sorted(slow_groupby(sc).collect()))
+        wait_for_reduce_stage(sc)
+        victims = processes(f"CoarseGrainedExecutorBackend.*{sc.applicationId}")
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)
+        thread.join(timeout=600)
+        assert not thread.is_alive(), "the job hung"
+        assert "error" not in box, box.get("error")
+        assert box["result"] == expected_sums()
+
+
+def test_a_netspark_server_killed_mid_shuffle_is_right_or_clear(tmp_path):
+    with spark_context(**{"netspark.enabled": "true", "netspark.network.maxRetries": "1",
+                          "netspark.network.retryWait": "100ms"}) as sc:
+        thread, box = run_in_thread(lambda: sorted(slow_groupby(sc).collect()))
+        wait_for_reduce_stage(sc)
+        servers = processes(f"netspark.server --app-id {sc.applicationId}")
+        assert len(servers) == 2
+        os.kill(servers[0], signal.SIGKILL)
+        thread.join(timeout=600)
+        assert not thread.is_alive(), "the job hung"
+        if "error" in box:
+            assert "netspark" in str(box["error"]) or "fetch" in str(box["error"])
+        else:
+            assert box["result"] == expected_sums()
+
+
+def test_a_flipped_byte_in_a_committed_block_is_caught():
+    with spark_context(**{"netspark.enabled": "true"}) as sc:
+        shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
+        assert shuffled.count() == 20_000  # map outputs committed, kept for the next job
+        flipped = 0
+        for server in sc._netspark.coordinator.servers:
+            arena = Arena.attach(server["arena_path"])
+            owner = int(server["arena_path"].split("/")[2])
+            for block in range(arena.max_blocks):
+                if arena.owner_of(block) == owner:
+                    arena.block_view(block)[100] ^= 0xFF
+                    flipped += 1
+            arena.close()
+        assert flipped > 0
+        with pytest.raises(Exception, match="crc32c"):
+            shuffled.collect()
+
+
+def test_a_pool_smaller_than_the_shuffle_spills():
+    settings = {"netspark.enabled": "true", "netspark.buffer.poolSize": "64m",
+                "netspark.buffer.initialSize": "32m", "netspark.buffer.acquireTimeout": "120s"}
+    with spark_context(**settings) as sc:
+        data = sc.parallelize(range(8), 8).flatMap(
+            lambda s: ((i % 1000, os.urandom(200)) for i in range(s, 800_000, 8)))
+        counts = data.groupByKey(8).mapValues(len).collect()  # ~190 MiB through 2x64 MiB
+        assert sorted(counts) == [(k, 800) for k in range(1000)]
+        summary = next(iter(sc._netspark.summaries().values()))
+        assert summary["map_bytes"] > 2 * (64 << 20)
+
+
+DRIVER = """
+import os, sys, time
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+from pyspark import SparkConf, SparkContext
+conf = (SparkConf().setMaster("local-cluster[2,1,1024]").set("spark.ui.enabled", "false")
+        .set("spark.netspark.enabled", "true"))
+sc = SparkContext(conf=conf)
+print("APP", sc.applicationId, flush=True)
+sc.parallelize(range(10000), 4).map(lambda i: (i % 10, i)).groupByKey().count()
+print("SHUFFLED", flush=True)
+if sys.argv[1] == "raise":
+    raise RuntimeError("the user's program failed")
+if sys.argv[1] == "hang":
+    time.sleep(600)
+sc.stop()
+"""
+
+
+@pytest.mark.parametrize("ending", ["normal", "raise", "sigkill"])
+def test_nothing_is_left_behind(ending):
+    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER),
+                               "hang" if ending == "sigkill" else ending],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              cwd=ROOT)
+    app = driver.stdout.readline().split()[-1]
+    assert driver.stdout.readline().strip() == "SHUFFLED"
+    assert len(processes(f"netspark.server --app-id {app}")) == 2
+    if ending == "sigkill":
+        driver.kill()
+    driver.wait(timeout=120)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (processes(app)):
+        time.sleep(0.5)
+    assert processes(app) == [], "processes of the application survived it"
+    assert processes("netspark.spark.daemon") == [], "a Python daemon survived"
