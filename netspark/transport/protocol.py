@@ -567,7 +567,8 @@ def _recv_upto(sock: socket.socket, view: memoryview) -> int:
     """Fill ``view`` from ``sock``; return how many bytes arrived before EOF."""
     pos, size = 0, len(view)
     while pos < size:
-        n = sock.recv_into(view[pos:], size - pos)
+        # MSG_WAITALL: one call per buffer in the common case, not one per segment
+        n = sock.recv_into(view[pos:], size - pos, socket.MSG_WAITALL)
         if n == 0:
             break
         pos += n
