@@ -13,11 +13,9 @@ that `pickle.loads` reads.
 
 from __future__ import annotations
 
-import gc
 import pickle
 import struct
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from itertools import islice
 from typing import Any, Protocol
 
@@ -104,19 +102,6 @@ class RecordWriter:
         self._pending = []
 
 
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    # Unpickling a batch allocates thousands of tuples; each allocation would
-    # otherwise let the cyclic collector traverse every young one again.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
     """Yields each batch (a list of records) of the stream until its end."""
     while True:
@@ -131,8 +116,7 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
         data = _exact(stream, length)
         sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
         buffers = [_exact(stream, size) for size in sizes]
-        with _no_cyclic_gc():
-            batch = pickle.loads(data, buffers=buffers)
+        batch = pickle.loads(data, buffers=buffers)
         if not isinstance(batch, list):
             raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
         yield batch

@@ -204,6 +204,11 @@ class BlockInputStream:
     def read_view(self, size: int) -> memoryview:
         """`size` bytes as a view of block memory when they lie in one extent (the view
         keeps its block from being reused), else as a copy. Short only at the end."""
+        view = self._view
+        if view is not None and len(view) > size:  # the common case, kept short
+            self._view = view[size:]
+            self._unread -= size
+            return view[:size]
         size = min(size, self._unread)
         current = self._current()
         if current is not None and len(current) >= size:
