@@ -42,6 +42,16 @@ def link_to(server: ShuffleServer, **overrides: str):
         link.close()
 
 
+@contextmanager
+def link_to_name(local_name: str, **overrides: str):
+    """A link to a server of another process, by its local socket name."""
+    link = ExecutorLink(local_name, conf(**overrides), secret=SECRET, app_id=APP)
+    try:
+        yield link
+    finally:
+        link.close()
+
+
 def write_map(link: ExecutorLink, shuffle: int, map_id: int, partitions: int,
               records: list, attempt: int = 0) -> dict[int, int]:
     """Buckets (key, value) records by key % partitions and commits them."""
