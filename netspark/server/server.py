@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from netspark.buffer_manager import Arena, ArenaError
+from netspark.buffer_manager import Arena, ArenaError, BlockPool
 from netspark.config import NetsparkConf
 from netspark.serde import Extent
 from netspark.server.local_api import peer_credentials, recv_json, send_json, socket_name
@@ -26,7 +26,7 @@ from netspark.server.registry import BadCommit, Partition, Registry
 from netspark.server.spill import Spiller, default_directory
 from netspark.transport import protocol
 from netspark.transport.auth import server_handshake
-from netspark.transport.fetch import PeerAddress, host_key
+from netspark.transport.fetch import Fetcher, FetchRequest, PeerAddress, host_key
 from netspark.transport.tcp import serve_peer
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class ShuffleServer:
         self.spiller = Spiller(self.registry, self.arena, default_directory(conf.spill_dir),
                                low=max(4, blocks // 16), high=max(8, blocks // 8))
         self.rdma: Any = None  # transport.rdma.peer.RdmaService when RDMA is on
+        self._fetcher: Fetcher | None = None  # for workers that ask us to fetch
+        self._fetch_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         try:
@@ -208,6 +210,8 @@ class ShuffleServer:
                 return {"ok": True, "freed": self.unregister(int(request["shuffle"]))}
             if op == "stats":
                 return {"ok": True, **self.stats()}
+            if op == "fetch":
+                return {"ok": True, "landed": self.fetch_for(pid, request["requests"])}
             return {"ok": False, "error": f"unknown request {op!r}"}
         except (BadCommit, ArenaError, KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
@@ -226,6 +230,29 @@ class ShuffleServer:
         except BadCommit:
             self.arena.transfer(blocks, to_pid=pid)  # back to the writer to discard
             raise
+
+    def fetch_for(self, pid: int, requests: list[Any]) -> list[dict[str, Any]]:
+        """Fetches on behalf of a local worker: what lands in our blocks becomes its own."""
+        with self._fetch_lock:
+            return self._fetch_for(pid, requests)
+
+    def _fetch_for(self, pid: int, requests: list[Any]) -> list[dict[str, Any]]:
+        if self._fetcher is None:
+            self._fetcher = Fetcher(BlockPool(self.arena), self.conf, secret=self.secret,
+                                    app_id=self.app_id)
+        answers = []
+        for host, port, key, path, shuffle, reduce_id, maps in requests:
+            req = FetchRequest(PeerAddress(host, int(port), key, path), int(shuffle),
+                               int(reduce_id), tuple(protocol.MapAttempt(*m) for m in maps))
+            landed = self._fetcher.fetch_one(req)
+            owned = landed.arena is self.arena
+            if owned:  # blocks we leased: the worker releases them once read
+                blocks = sorted({e.block_id for e in landed.extents})
+                self.arena.transfer(blocks, to_pid=pid)
+                self._fetcher.disown(len(blocks))
+            answers.append({"arena": path if not owned else self.arena.path, "owned": owned,
+                            "extents": [list(vars(e).values()) for e in landed.extents]})
+        return answers
 
     def unregister(self, shuffle: int) -> int:
         outputs = self.registry.unregister(shuffle)

@@ -18,7 +18,7 @@ from netspark.config import NetsparkConf
 from netspark.serde import BlockInputStream, BlockOutputStream, Extent, read_records
 from netspark.serde.records import write_batch
 from netspark.server.local_api import ServerClient
-from netspark.transport.fetch import Fetcher, FetchRequest, PeerAddress
+from netspark.transport.fetch import Fetcher, FetchRequest, Landed, PeerAddress
 
 
 class ExecutorLink:
@@ -46,6 +46,25 @@ class ExecutorLink:
     def fetcher(self) -> Fetcher:
         return Fetcher(self.pool, self.conf, secret=self.secret, app_id=self.app_id,
                        arenas=self.peer_arenas)
+
+    def fetch_via_server(self, requests: list[FetchRequest]) -> list[Landed]:
+        """Asks the executor's server to fetch (it holds the RDMA queue pairs); what it
+        lands in our arena becomes ours to release."""
+        answers = self.client.call("fetch", requests=[
+            [*vars(r.peer).values(), r.shuffle, r.reduce_id, [list(m) for m in r.maps]]
+            for r in requests])["landed"]
+        landed = []
+        for req, answer in zip(requests, answers, strict=True):
+            extents = [Extent(*e) for e in answer["extents"]]
+            if answer["owned"]:
+                landed.append(Landed(req, self.arena, extents, self.pool.release, "server"))
+                continue
+            path = answer["arena"]
+            if path not in self.peer_arenas:
+                self.peer_arenas[path] = Arena.attach(path)
+            landed.append(Landed(req, self.peer_arenas[path], extents, lambda b: None,
+                                 "server"))
+        return landed
 
     def unregister(self, shuffle: int) -> int:
         return int(self.client.call("unregister", shuffle=shuffle)["freed"])

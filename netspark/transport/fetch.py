@@ -261,6 +261,12 @@ class Fetcher:
                 raise FetchFailed("the reader stopped")
             self._held += blocks
 
+    def disown(self, blocks: int) -> None:
+        """Landed blocks were handed to another process: they no longer count here."""
+        with self._held_changed:
+            self._held -= blocks
+            self._held_changed.notify_all()
+
     def _release(self, block: int) -> None:
         self.pool.release(block)
         with self._held_changed:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from netspark.serde import BlockInputStream, read_records
 from netspark.server.local_api import ServerClient, ServerError
 from netspark.server.server import ShuffleServer
 from netspark.server.worker import ExecutorLink, read_partition
@@ -296,3 +297,18 @@ def test_two_applications_on_one_host_are_isolated():
             theirs.close()
         finally:
             other.stop()
+
+
+def test_a_worker_can_ask_its_server_to_fetch():
+    with running_server() as b:
+        with link_to(b) as link:
+            write_map(link, 6, 0, PARTS, records_of(0))
+        for short_circuit in ("true", "false"):
+            with running_server(localShortCircuit=short_circuit) as c, link_to(c) as reader:
+                for reduce_id in range(PARTS):
+                    [landed] = reader.fetch_via_server([request(b.address, 6, reduce_id, 0)])
+                    stream = BlockInputStream(landed.arena, landed.extents, landed.release)
+                    assert list(read_records(stream)) == expected_partition([0], reduce_id)
+                reader.pool.flush()
+                c._fetcher.pool.flush()  # the server's own cache of leased blocks
+                assert reader.arena.stats().leased_blocks == 0  # all released by the reader
