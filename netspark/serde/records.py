@@ -113,10 +113,14 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
         length, count = HEADER.unpack(head)
         if count > MAX_BUFFERS:
             raise CorruptBatch(f"batch header names {count} buffers")
-        data = _exact(stream, length)
-        sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
-        buffers = [_exact(stream, size) for size in sizes]
-        batch = pickle.loads(data, buffers=buffers)
+        data = stream.read_view(length)
+        if len(data) != length:
+            raise CorruptBatch(f"stream ends {length - len(data)} bytes short of a batch")
+        if count:
+            sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
+            batch = pickle.loads(data, buffers=[_exact(stream, size) for size in sizes])
+        else:  # the common case: no out-of-band buffers
+            batch = pickle.loads(data)
         if not isinstance(batch, list):
             raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
         yield batch
