@@ -16,6 +16,9 @@ def spark_context(**settings: str):
     from pyspark import SparkConf, SparkContext
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # The first context of a process launches the JVM with its settings as system
+    # properties, which every later SparkConf would inherit: launch it neutral.
+    SparkContext._ensure_initialized()
     conf = (SparkConf().setMaster(CLUSTER).setAppName("netspark-tests")
             .set("spark.ui.enabled", "false").set("spark.default.parallelism", "4")
             .set("spark.python.worker.reuse", "true"))
