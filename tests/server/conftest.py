@@ -34,22 +34,17 @@ def running_server(**overrides: str):
 
 
 @contextmanager
-def link_to(server: ShuffleServer, **overrides: str):
-    link = ExecutorLink(server.local_name, conf(**overrides), secret=SECRET, app_id=APP)
-    try:
-        yield link
-    finally:
-        link.close()
-
-
-@contextmanager
 def link_to_name(local_name: str, **overrides: str):
-    """A link to a server of another process, by its local socket name."""
+    """A worker's link to a server, by its local socket name (any process's server)."""
     link = ExecutorLink(local_name, conf(**overrides), secret=SECRET, app_id=APP)
     try:
         yield link
     finally:
         link.close()
+
+
+def link_to(server: ShuffleServer, **overrides: str):
+    return link_to_name(server.local_name, **overrides)
 
 
 def write_map(link: ExecutorLink, shuffle: int, map_id: int, partitions: int,

@@ -20,6 +20,7 @@ from tests.server.conftest import (
     SECRET,
     conf,
     link_to,
+    link_to_name,
     request,
     running_server,
     write_map,
@@ -265,17 +266,7 @@ def test_a_peer_killed_mid_transfer_fails_cleanly_without_leaks(server_process):
 
 
 def link_to_process(proc):
-    from netspark.server.worker import ExecutorLink
-
-    class Closing:
-        def __enter__(self):
-            self.link = ExecutorLink(proc.local_name, conf(), secret=SECRET, app_id=APP)
-            return self.link
-
-        def __exit__(self, *exc):
-            self.link.close()
-
-    return Closing()
+    return link_to_name(proc.local_name)
 
 
 def test_two_applications_on_one_host_are_isolated():
