@@ -122,10 +122,7 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
     fetcher = link.fetcher()
     try:
         yield from read_partition(fetcher, requests, checksum=link.conf.checksum == "crc32c")
-        routes: dict[str, int] = {}
-        for route in fetcher._routes.values():
-            routes[route] = routes.get(route, 0) + 1
-        report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": routes,
+        report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": fetcher.routes(),
                 "fetched_bytes": sum(h.size for hs in by_server.values() for h in hs)})
     finally:
         fetcher.close()

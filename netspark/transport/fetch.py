@@ -261,6 +261,13 @@ class Fetcher:
                 raise FetchFailed("the reader stopped")
             self._held += blocks
 
+    def routes(self) -> dict[str, int]:
+        """How many peers went over each route ("local", "tcp", "rdma")."""
+        counts: dict[str, int] = {}
+        for route in self._routes.values():
+            counts[route] = counts.get(route, 0) + 1
+        return counts
+
     def disown(self, blocks: int) -> None:
         """Landed blocks were handed to another process: they no longer count here."""
         with self._held_changed:
