@@ -38,14 +38,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def is_running(pid: int) -> bool:
+    """False for a process that is gone or a zombie. os.kill(pid, 0) finds zombies,
+    and a dead process that nobody reaps stays one (containers' inits often don't)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def watch_parent(pid: int, stop: threading.Event) -> None:
     while not stop.wait(1.0):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not is_running(pid):
             logging.getLogger("netspark.server").warning(
                 "netspark: parent process %d is gone; stopping", pid)
             stop.set()
+
+
+def exit_if_stuck(seconds: float) -> None:
+    """A stop that does not finish in time must not leave the process behind."""
+    def force() -> None:
+        logging.getLogger("netspark.server").error(
+            "netspark: the server did not stop within %.0f s; exiting now", seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                       "pid": os.getpid()}), flush=True)
     while not stop.wait(0.5):
         pass
+    exit_if_stuck(30.0)
     server.stop()
     return 0
 

@@ -245,6 +245,17 @@ def test_server_process_dies_with_its_parent(server_process):
     assert not os.path.exists(proc.address.arena_path)
 
 
+def test_server_process_dies_with_a_parent_left_a_zombie(server_process):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = server_process(extra=("--parent", str(sleeper.pid)))
+    sleeper.kill()  # and not reaped until the server is gone: a zombie, as under a lax init
+    try:
+        assert proc.proc.wait(timeout=20) == 0
+    finally:
+        sleeper.wait()
+    assert not os.path.exists(proc.address.arena_path)
+
+
 def test_a_peer_killed_mid_transfer_fails_cleanly_without_leaks(server_process):
     proc = server_process()
     with link_to_process(proc) as link:

@@ -24,6 +24,14 @@ def processes(pattern: str) -> list[int]:
     return [int(pid) for pid in out.split() if int(pid) != os.getpid()]
 
 
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return f"{pid}: " + cmdline.read().replace(b"\0", b" ").decode()[:300]
+    except OSError:
+        return f"{pid}: (gone)"
+
+
 def slow_groupby(sc, records=60_000, partitions=8):
     data = sc.parallelize(range(records), partitions).map(lambda i: (i % 500, i))
 
@@ -159,5 +167,6 @@ def test_nothing_is_left_behind(ending):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (processes(app)):
         time.sleep(0.5)
-    assert processes(app) == [], "processes of the application survived it"
+    survivors = [command_line(pid) for pid in processes(app)]
+    assert survivors == [], "processes of the application survived it"
     assert processes("netspark.spark.daemon") == [], "a Python daemon survived"
