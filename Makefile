@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.netspark-ready
 
-.PHONY: setup demo test test-fast test-rxe lint bench-buffers clean
+.PHONY: setup demo test test-fast test-rxe lint bench bench-quick bench-buffers clean
 
 $(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*)
 	VENV=$(VENV) scripts/setup.sh
@@ -26,6 +26,19 @@ test-rxe: $(READY)
 
 lint: $(READY)
 	$(VENV)/bin/ruff check .
+
+# GroupBy and PageRank against Spark's own shuffle; results and plots in docs/results/.
+bench: $(READY)
+	$(PY) bench/groupby.py --preset small --rounds 3 --warmup --out docs/results/groupby-small
+	$(PY) bench/groupby.py --preset large --rounds 2 --out docs/results/groupby-large
+	$(PY) bench/pagerank.py --scale 17 --edge-factor 8 --partitions 16 --rounds 2 \
+		--out docs/results/pagerank
+
+bench-quick: $(READY)
+	$(PY) bench/groupby.py --preset small --rounds 2 --modes spark,netspark-tcp,netspark-local \
+		--out docs/results/quick/groupby
+	$(PY) bench/pagerank.py --scale 14 --iterations 3 --partitions 8 --rounds 1 \
+		--modes spark,netspark-local --out docs/results/quick/pagerank
 
 bench-buffers: $(READY)
 	$(PY) bench/buffers.py --gib 1 --reps 5 --json docs/results/buffers.json
