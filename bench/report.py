@@ -48,6 +48,7 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
         print(f"skipping {mode}: {why}", file=sys.stderr)
     modes = ["spark"] + [m for m in modes if m != "spark"]  # the reference answer first
     runs: dict[str, list[list[sparkrun.JobFigures]]] = {m: [] for m in modes}
+    startups: dict[str, list[float]] = {m: [] for m in modes}
     reference: list[Any] = []
     rounds = [("warm-up", False)] * args.warmup + [(f"{r + 1}", True)
                                                     for r in range(args.rounds)]
@@ -56,6 +57,7 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
             for mode in modes:
                 progress.set_description(f"round {label}: {mode}")
                 with sparkrun.spark_context(mode, args.master, settings) as sc:
+                    startups[mode].append(sparkrun.startup_seconds(sc))
                     answer, jobs = run_mode(sc, args)
                 reference = reference or [answer]
                 if not agree(reference[0], answer):
@@ -65,7 +67,8 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
                     runs[mode].append(jobs)
                 progress.set_postfix_str(f"{mode} {sum(j.wall_s for j in jobs):.1f} s")
                 progress.update()
-    summary = {mode: summarize(rounds_of_mode) for mode, rounds_of_mode in runs.items()}
+    summary = {mode: {**summarize(rounds_of_mode), "startup_s": statistics.median(startups[mode])}
+               for mode, rounds_of_mode in runs.items()}
     result = {"benchmark": name, "title": title, "command": command_line(),
               "machine": sparkrun.machine(), "when": time.strftime("%Y-%m-%d %H:%M"),
               "skipped": skipped, "summary": summary,
@@ -93,7 +96,16 @@ def summarize(rounds: list[list[sparkrun.JobFigures]]) -> dict[str, Any]:
                                                             for r in per_round),
         "iteration_s": [statistics.median(its) for its in zip(*iterations, strict=True)],
         "routes": per_round[-1]["routes"],
+        **{key: statistics.median(r[key] for r in per_round) for key in BREAKDOWN},
     }
+
+
+BREAKDOWN = {  # where a task's time goes: per task, median of rounds
+    "map_netspark_write_s": "map task: netspark write (pickle into blocks, crc32c, commit)",
+    "map_jvm_write_s": "map task: JVM shuffle write (Spark's data; handles for netspark)",
+    "reduce_netspark_read_s": "reduce task: netspark read (fetch wait, crc32c, unpickle)",
+    "reduce_spark_fetch_wait_s": "reduce task: Spark's fetch wait (handles for netspark)",
+}
 
 
 def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
@@ -103,6 +115,9 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
     summaries = [c for j in jobs for c in j.netspark.values()]
     reduces = sum(c.get("reduces", 0) for c in summaries)
     ours = sum(c.get("fetch_wait_s", 0.0) for c in summaries) / reduces if reduces else 0.0
+    maps = [s for j in jobs for s in j.stages[:-1]]
+    map_tasks = sum(len(s.task_s) for s in maps) or 1
+    n_maps = sum(c.get("maps", 0) for c in summaries) or 1
     routes: dict[str, int] = {}
     for c in summaries:
         for route, n in c.get("routes", {}).items():
@@ -110,7 +125,12 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
     return {"job_s": sum(j.wall_s for j in jobs),
             "map_stage_s": sum(s.wall_s for j in jobs for s in j.stages[:-1]),
             "reduce_stage_s": sum(s.wall_s for s in reduce),
-            "fetch_wait_s": spark_wait + ours, "netspark_wait_s": ours, "routes": routes}
+            "fetch_wait_s": spark_wait + ours, "netspark_wait_s": ours, "routes": routes,
+            "map_netspark_write_s": sum(c.get("write_s", 0.0) for c in summaries) / n_maps,
+            "map_jvm_write_s": sum(sum(s.jvm_write_s) for s in maps) / map_tasks,
+            "reduce_netspark_read_s": (sum(c.get("read_s", 0.0) for c in summaries) / reduces
+                                       if reduces else 0.0),
+            "reduce_spark_fetch_wait_s": spark_wait}
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:
@@ -159,6 +179,10 @@ def markdown(result: dict[str, Any]) -> str:
                 f" ({v / value(base, key):.2f}x)"
             cells.append(f"{v:.3f} s{ratio}" if key == "fetch" else f"{v:.2f} s{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| start-up: executors, Python daemons (and netspark servers) | " + " | ".join(
+        f"{summary[m]['startup_s']:.1f} s" for m in modes) + " |")
+    lines += [f"| {label} | " + " | ".join(f"{summary[m][key]:.3f} s" for m in modes) + " |"
+              for key, label in BREAKDOWN.items()]
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
                                    or "Spark's shuffle") for m, s in summary.items())
     skipped = "".join(f"\n- {m} not run: {why}" for m, why in result["skipped"].items())

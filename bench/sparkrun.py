@@ -67,6 +67,7 @@ class StageFigures:
     wall_s: float  # from the first task's launch to the last one's end
     task_s: list[float]  # each successful task's duration
     fetch_wait_s: list[float]  # Spark's fetch-wait metric per task (its own shuffle)
+    jvm_write_s: list[float]  # Spark's shuffle write time per task (in the JVM)
     shuffle_read_bytes: int
     shuffle_write_bytes: int
 
@@ -99,6 +100,26 @@ def spark_context(mode: str, master: str, settings: dict[str, str]) -> Iterator[
         sc.stop()
 
 
+def startup_seconds(sc: SparkContext) -> float:
+    """From the context's creation until every executor has run a Python task, which
+    starts its Python daemon (and, with netspark, the executor's server)."""
+    executors = _expected_executors(sc)
+    deadline = time.monotonic() + 120
+    while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < executors:  # minus the driver
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {executors} executors registered in 120 s")
+        time.sleep(0.05)
+    sc.parallelize(range(2 * executors), 2 * executors).map(lambda x: x).count()
+    return time.time() - sc.startTime / 1000
+
+
+def _expected_executors(sc: SparkContext) -> int:
+    master = sc.master
+    if master.startswith("local-cluster["):
+        return int(master.split("[", 1)[1].split(",", 1)[0])
+    return max(1, int(sc.getConf().get("spark.executor.instances", "2")))
+
+
 def _rest(sc: SparkContext, path: str) -> Any:
     url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/{path}"
     with urllib.request.urlopen(url, timeout=30) as answer:
@@ -123,6 +144,7 @@ def _stage(sc: SparkContext, stage_id: int, tasks_expected: int) -> StageFigures
     return StageFigures(
         stage_id, stage["name"], max(ends) - min(starts), [t["duration"] / 1000 for t in ok],
         [t["taskMetrics"]["shuffleReadMetrics"]["fetchWaitTime"] / 1000 for t in ok],
+        [t["taskMetrics"]["shuffleWriteMetrics"]["writeTime"] / 1e9 for t in ok],
         stage["shuffleReadBytes"], stage["shuffleWriteBytes"])
 
 

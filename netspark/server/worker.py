@@ -15,8 +15,8 @@ from typing import Any
 
 from netspark.buffer_manager import Arena, BlockPool
 from netspark.config import NetsparkConf
-from netspark.serde import BlockInputStream, BlockOutputStream, Extent, read_records
-from netspark.serde.records import write_batch
+from netspark.serde import BlockInputStream, BlockOutputStream, Extent
+from netspark.serde.records import read_batches, write_batch
 from netspark.server.local_api import ServerClient
 from netspark.transport.fetch import Fetcher, FetchRequest, Landed, PeerAddress
 
@@ -124,10 +124,17 @@ class MapOutputWriter:
 def read_partition(fetcher: Fetcher, requests: Iterable[FetchRequest], *,
                    checksum: bool = True) -> Iterator[Any]:
     """The records of every request in turn, fetched ahead of the reader."""
+    for batch in read_partition_batches(fetcher, requests, checksum=checksum):
+        yield from batch
+
+
+def read_partition_batches(fetcher: Fetcher, requests: Iterable[FetchRequest], *,
+                           checksum: bool = True) -> Iterator[list[Any]]:
+    """The same, a batch of records at a time."""
     for landed in fetcher.fetch_all(requests):
         stream = BlockInputStream(landed.arena, landed.extents, landed.release,
                                   checksum=checksum)
         try:
-            yield from read_records(stream)
+            yield from read_batches(stream)
         finally:
             stream.close()

@@ -17,7 +17,7 @@ from pyspark.accumulators import AccumulatorParam
 log = logging.getLogger("netspark")
 
 COUNTERS = ("maps", "map_bytes", "records", "blocks", "reduces", "fetched_bytes",
-            "fetch_wait_s", "cloudpickled_batches")
+            "fetch_wait_s", "cloudpickled_batches", "write_s", "read_s")
 
 
 def empty() -> dict[str, Any]:

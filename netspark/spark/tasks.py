@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
+from pyspark.core.rdd import portable_hash
+
 from netspark.config import NetsparkConf
-from netspark.server.worker import ExecutorLink, read_partition
+from netspark.server.worker import ExecutorLink, read_partition_batches
 from netspark.spark.handles import BadHandle, Handle
 from netspark.transport.fetch import FetchRequest
 from netspark.transport.protocol import MapAttempt
@@ -57,33 +61,59 @@ def _pack_long(value: int) -> bytes:
 Report = Callable[[dict[str, Any]], None]
 
 
+def partition_index(partition_func: Callable[[Any], int], partitions: int
+                    ) -> Callable[[Any], int]:
+    """`partitionFunc(key) % partitions`, as PySpark computes it. PySpark's default,
+    `portable_hash`, looks up PYTHONHASHSEED in the environment for every record;
+    here that check is made once, and the hash is the same."""
+    if partition_func is not portable_hash:
+        return lambda key: partition_func(key) % partitions
+    portable_hash(0)  # PySpark's own error if PYTHONHASHSEED is not set
+
+    def index(key: Any) -> int:
+        if key is None:
+            return 0
+        if isinstance(key, tuple):
+            return portable_hash(key) % partitions
+        return hash(key) % partitions
+
+    return index
+
+
 def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]],
                      partition_func: Callable[[Any], int], partitions: int,
                      attempt: int, report: Report) -> Iterator[bytes]:
     """Writes one map partition; yields (reduce id, handle) pairs for Spark's shuffle."""
     link = executor_link()
     writer = link.writer(shuffle, split, attempt)
+    index = partition_index(partition_func, partitions)
+    writing = 0.0  # in netspark's hands: pickling into blocks, checksums, the commit
     try:
-        buckets: dict[int, list[Any]] = defaultdict(list)
-        pending, limit = 0, min(10 * partitions, 1000)
-        for record in records:
-            buckets[partition_func(record[0]) % partitions].append(record)
-            pending += 1
-            if pending >= limit:
-                before = writer.stream.tell()
-                for reduce_id, bucket in buckets.items():
+        records = iter(records)
+        chunk = min(10 * partitions, 1000)  # records bucketed before a batch is written
+        while True:
+            buckets: list[list[Any]] = [[] for _ in range(partitions)]
+            appends = [bucket.append for bucket in buckets]
+            taken = list(islice(records, chunk))
+            if not taken:
+                break
+            for record in taken:
+                appends[index(record[0])](record)
+            before, start = writer.stream.tell(), time.perf_counter()
+            for reduce_id, bucket in enumerate(buckets):
+                if bucket:
                     writer.write(reduce_id, bucket)
-                per_record = max(1, (writer.stream.tell() - before) // pending)
-                limit = max(100, min(1 << 20, partitions * BATCH_BYTES // per_record // 4))
-                buckets.clear()
-                pending = 0
-        for reduce_id, bucket in buckets.items():
-            writer.write(reduce_id, bucket)
+            writing += time.perf_counter() - start
+            per_record = max(1, (writer.stream.tell() - before) // len(taken))
+            chunk = max(100, min(1 << 20, partitions * BATCH_BYTES // per_record // 4))
+        start = time.perf_counter()
         sizes = writer.commit()
+        writing += time.perf_counter() - start
     except BaseException:
         writer.abort()
         raise
-    report({"maps": 1, "map_bytes": sum(sizes.values()), "blocks": len(writer.stream.blocks),
+    report({"maps": 1, "map_bytes": sum(sizes.values()), "write_s": writing,
+            "blocks": len(writer.stream.blocks),
             "records": sum(count for count, _ in writer.partitions.values()),
             "cloudpickled_batches": writer.cloudpickled})
     for reduce_id, (count, extents) in sorted(writer.partitions.items()):
@@ -121,8 +151,18 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         requests.append(FetchRequest(server, shuffle, split, tuple(maps)))
     fetcher = link.fetcher()
     try:
-        yield from read_partition(fetcher, requests, checksum=link.conf.checksum == "crc32c")
+        batches = read_partition_batches(fetcher, requests,
+                                         checksum=link.conf.checksum == "crc32c")
+        reading = 0.0  # in netspark's hands: waiting for data, checking, unpickling
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            reading += time.perf_counter() - start
+            if batch is None:
+                break
+            yield from batch
         report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": fetcher.routes(),
+                "read_s": reading,
                 "fetched_bytes": sum(h.size for hs in by_server.values() for h in hs)})
     finally:
         fetcher.close()
