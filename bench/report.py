@@ -96,7 +96,8 @@ def summarize(rounds: list[list[sparkrun.JobFigures]]) -> dict[str, Any]:
                                                             for r in per_round),
         "iteration_s": [statistics.median(its) for its in zip(*iterations, strict=True)],
         "routes": per_round[-1]["routes"],
-        **{key: statistics.median(r[key] for r in per_round) for key in BREAKDOWN},
+        **{key: statistics.median(r[key] for r in per_round)
+           for key in [*BREAKDOWN, "spilled_mib"]},
     }
 
 
@@ -130,7 +131,8 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
             "map_jvm_write_s": sum(sum(s.jvm_write_s) for s in maps) / map_tasks,
             "reduce_netspark_read_s": (sum(c.get("read_s", 0.0) for c in summaries) / reduces
                                        if reduces else 0.0),
-            "reduce_spark_fetch_wait_s": spark_wait}
+            "reduce_spark_fetch_wait_s": spark_wait,
+            "spilled_mib": sum(s.disk_spilled_bytes for j in jobs for s in j.stages) / 2**20}
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:
@@ -183,6 +185,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{summary[m]['startup_s']:.1f} s" for m in modes) + " |")
     lines += [f"| {label} | " + " | ".join(f"{summary[m][key]:.3f} s" for m in modes) + " |"
               for key, label in BREAKDOWN.items()]
+    lines.append("| PySpark's spills to disk, all tasks | " + " | ".join(
+        f"{summary[m]['spilled_mib']:.0f} MiB" for m in modes) + " |")
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
                                    or "Spark's shuffle") for m, s in summary.items())
     skipped = "".join(f"\n- {m} not run: {why}" for m, why in result["skipped"].items())

@@ -70,6 +70,7 @@ class StageFigures:
     jvm_write_s: list[float]  # Spark's shuffle write time per task (in the JVM)
     shuffle_read_bytes: int
     shuffle_write_bytes: int
+    disk_spilled_bytes: int  # by PySpark's external merger/sorter, when over its memory
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _stage(sc: SparkContext, stage_id: int, tasks_expected: int) -> StageFigures
         stage_id, stage["name"], max(ends) - min(starts), [t["duration"] / 1000 for t in ok],
         [t["taskMetrics"]["shuffleReadMetrics"]["fetchWaitTime"] / 1000 for t in ok],
         [t["taskMetrics"]["shuffleWriteMetrics"]["writeTime"] / 1e9 for t in ok],
-        stage["shuffleReadBytes"], stage["shuffleWriteBytes"])
+        stage["shuffleReadBytes"], stage["shuffleWriteBytes"], stage["diskBytesSpilled"])
 
 
 def _epoch(stamp: str) -> float:

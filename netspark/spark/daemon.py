@@ -5,7 +5,9 @@ where it is through the environment they inherit when PySpark's daemon forks
 them, and hands over to `pyspark.daemon`. It must print nothing to stdout (the
 JVM reads the daemon's port there) and start no thread before PySpark forks.
 Whatever goes wrong with the server, the daemon still runs PySpark's loop; the
-workers then report the server's error when a netspark shuffle needs it.
+workers then report the server's error when a netspark shuffle needs it. Before
+the workers fork, PySpark's spill measure is pointed at their private memory
+(`netspark.spark.memory`): the shared arena pages they touch are not theirs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def start_server() -> subprocess.Popen:
 
 
 def main() -> None:
+    from netspark.spark import memory
+
+    memory.install()  # before the workers fork: they inherit it
     server = None
     try:
         server = start_server()

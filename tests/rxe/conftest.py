@@ -100,11 +100,12 @@ def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
         }
         if "VIRTUAL_ENV" in os.environ:
             env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
-        timeout = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "900"))
+        timeout = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "2400"))
         artifacts = vm.prepare()
         with _live_output(request.config):
             result = vm.run_in_vm(
-                argv, workdir=str(share), env=env, timeout=timeout, share=share, artifacts=artifacts
+                argv, workdir=str(share), env=env, timeout=timeout, share=share,
+                artifacts=artifacts, mem_mb=4096,  # room for the inner Spark cluster's JVMs
             )
         metrics_file = results / "metrics.json"
         run = GuestRun(

@@ -18,7 +18,7 @@ import pytest
 from tests.rxe import vm
 
 # The VM's own limit (NETSPARK_RXE_TIMEOUT) plus room for a first prepare().
-_PYTEST_TIMEOUT = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "900")) + 600
+_PYTEST_TIMEOUT = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "2400")) + 600
 
 EXPECTED_GUEST_TESTS = (
     "test_device_is_listed",
@@ -41,6 +41,7 @@ EXPECTED_GUEST_TESTS = (
     "test_auto_uses_tcp_with_a_peer_without_rdma",
     "test_a_pyverbs_client_reads_what_a_netspark_server_advertised",
     "test_the_device_going_away_falls_back_to_tcp",
+    "test_pyspark_group_by_key_over_rdma_equals_spark_s_own",
 )
 
 rxe = pytest.mark.rxe

@@ -1,0 +1,37 @@
+"""PySpark on a local 2-executor cluster inside the VM, its shuffle read over RDMA.
+
+Under TCG every JVM is slow to start, so the data is small: the point is that an
+unchanged groupByKey gets Spark's own answer while every reduce task READs its
+map outputs from the other executors' servers over rxe0.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.rxe.inside.rdma_util import DEVICE
+from tests.spark.conftest import spark_context
+
+pytestmark = pytest.mark.rxe_guest
+
+
+def group(sc) -> list:
+    data = sc.parallelize(range(4000), 4).map(lambda i: (i % 97, (i, "v" * (i % 7))))
+    return sorted((k, sorted(vs)) for k, vs in data.groupByKey(4).collect())
+
+
+@pytest.mark.timeout(900)
+def test_pyspark_group_by_key_over_rdma_equals_spark_s_own() -> None:
+    with spark_context() as sc:
+        expected = group(sc)
+    rdma = {"netspark.enabled": "true", "netspark.transport": "rdma",
+            "netspark.localShortCircuit": "false", "netspark.rdma.device": DEVICE,
+            "netspark.buffer.initialSize": "32m", "netspark.buffer.poolSize": "256m",
+            "executor.memory": "512m"}
+    with spark_context(**rdma) as sc:
+        assert group(sc) == expected
+        routes: dict[str, int] = {}
+        for summary in sc._netspark.summaries().values():
+            for route, n in summary["routes"].items():
+                routes[route] = routes.get(route, 0) + n
+    assert set(routes) == {"rdma"}, routes
