@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def draw(result: dict[str, Any], out: Path) -> list[Path]:
@@ -56,6 +57,7 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
             its = summary[m]["iteration_s"]
             ax.plot(range(1, len(its) + 1), its, marker="o", label=m)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("seconds (median of rounds)")
         ax.set_ylim(bottom=0)
         ax.set_title("PageRank: time per iteration")
