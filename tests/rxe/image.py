@@ -115,6 +115,11 @@ mount -t proc proc /host/proc || die "mount /host/proc"
 mount -t sysfs sysfs /host/sys || die "mount /host/sys"
 mount -t devtmpfs devtmpfs /host/dev || die "mount /host/dev"
 mkdir -p /host/dev/shm /host/dev/pts
+# devtmpfs has no /dev/fd: bash's process substitution (Spark's launcher) needs it.
+ln -sf /proc/self/fd /host/dev/fd
+ln -sf /proc/self/fd/0 /host/dev/stdin
+ln -sf /proc/self/fd/1 /host/dev/stdout
+ln -sf /proc/self/fd/2 /host/dev/stderr
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm || die "mount /host/dev/shm"
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "mount /host/tmp"

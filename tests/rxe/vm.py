@@ -196,7 +196,8 @@ def _accel_args() -> list[str]:
     if accel == "tcg":
         # qemu64, not max: max halves rxe throughput under TCG. Two vCPUs, or
         # busy-polling peers starve each other.
-        return ["-accel", "tcg,thread=multi", "-cpu", "qemu64"]
+        # The x86-64-v2 extensions on top: numpy's wheels (and the JVM's code) need them.
+        return ["-accel", "tcg,thread=multi", "-cpu", "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"]
     if accel == "kvm":
         flags = Path("/proc/cpuinfo").read_text()
         if not re.search(r"\b(vmx|svm)\b", flags) or not os.access("/dev/kvm", os.R_OK | os.W_OK):
