@@ -6,6 +6,10 @@ import pytest
 from tests.spark.conftest import spark_context
 from tests.spark.operations import OPERATIONS
 
+# The module's fixture runs every operation on three clusters in turn (about 5 minutes
+# here, the 1000-partition one the longest): more than the default per-test timeout.
+pytestmark = pytest.mark.timeout(1200)
+
 MODES = {
     "spark": {},
     "netspark-local": {"netspark.enabled": "true"},
