@@ -64,9 +64,9 @@ def exact_ranks(args: argparse.Namespace) -> dict[int, float]:
     ranked = outdeg > 0
     rank = np.where(ranked, 1.0, 0.0)
     for _ in range(args.iterations):
-        share = np.where(ranked & (outdeg > 0), rank / np.maximum(outdeg, 1), 0.0)
-        sent = (ranked & (outdeg > 0))[src]
-        ranked = np.bincount(dst, weights=sent, minlength=n) > 0
+        sends = ranked & (outdeg > 0)  # in the join of links and ranks
+        share = np.where(sends, rank / np.maximum(outdeg, 1), 0.0)
+        ranked = np.bincount(dst, weights=sends[src], minlength=n) > 0
         rank = np.where(ranked, 0.15 + 0.85 * np.bincount(dst, weights=share[src], minlength=n),
                         0.0)
     return {int(v): float(rank[v]) for v in np.flatnonzero(ranked)}

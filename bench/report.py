@@ -85,20 +85,10 @@ def summarize(rounds: list[list[sparkrun.JobFigures]]) -> dict[str, Any]:
     reduce_tasks = [t for jobs in rounds for j in jobs for t in j.stages[-1].task_s]
     per_round = [_round_figures(jobs) for jobs in rounds]
     iterations = [[j.wall_s for j in jobs] for jobs in rounds]
-    return {
-        "job_s": statistics.median(r["job_s"] for r in per_round),
-        "map_stage_s": statistics.median(r["map_stage_s"] for r in per_round),
-        "reduce_stage_s": statistics.median(r["reduce_stage_s"] for r in per_round),
-        "reduce_task_s": _quartiles(reduce_tasks),
-        "reduce_tasks": reduce_tasks,
-        "fetch_wait_per_task_s": statistics.median(r["fetch_wait_s"] for r in per_round),
-        "netspark_fetch_wait_per_task_s": statistics.median(r["netspark_wait_s"]
-                                                            for r in per_round),
-        "iteration_s": [statistics.median(its) for its in zip(*iterations, strict=True)],
-        "routes": per_round[-1]["routes"],
-        **{key: statistics.median(r[key] for r in per_round)
-           for key in [*BREAKDOWN, "spilled_mib"]},
-    }
+    medians = {key: statistics.median(r[key] for r in per_round) for key in PER_ROUND}
+    return {**medians, "reduce_task_s": _quartiles(reduce_tasks), "reduce_tasks": reduce_tasks,
+            "iteration_s": [statistics.median(its) for its in zip(*iterations, strict=True)],
+            "routes": per_round[-1]["routes"]}
 
 
 BREAKDOWN = {  # where a task's time goes: per task, median of rounds
@@ -107,6 +97,8 @@ BREAKDOWN = {  # where a task's time goes: per task, median of rounds
     "reduce_netspark_read_s": "reduce task: netspark read (fetch wait, crc32c, unpickle)",
     "reduce_spark_fetch_wait_s": "reduce task: Spark's fetch wait (handles for netspark)",
 }
+PER_ROUND = ["job_s", "map_stage_s", "reduce_stage_s", "fetch_wait_per_task_s",
+             "netspark_fetch_wait_per_task_s", *BREAKDOWN, "spilled_mib"]  # medians of rounds
 
 
 def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
@@ -126,7 +118,8 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
     return {"job_s": sum(j.wall_s for j in jobs),
             "map_stage_s": sum(s.wall_s for j in jobs for s in j.stages[:-1]),
             "reduce_stage_s": sum(s.wall_s for s in reduce),
-            "fetch_wait_s": spark_wait + ours, "netspark_wait_s": ours, "routes": routes,
+            "fetch_wait_per_task_s": spark_wait + ours, "netspark_fetch_wait_per_task_s": ours,
+            "routes": routes,
             "map_netspark_write_s": sum(c.get("write_s", 0.0) for c in summaries) / n_maps,
             "map_jvm_write_s": sum(sum(s.jvm_write_s) for s in maps) / map_tasks,
             "reduce_netspark_read_s": (sum(c.get("read_s", 0.0) for c in summaries) / reduces
