@@ -1,4 +1,5 @@
-"""cffi (API mode) build of netspark's native arena module, `netspark._native`."""
+"""cffi (API mode) build of netspark's native module, `netspark._native`: the arena
+and the batch crc32c of a stream's extents (ISA-L, from libisal-dev)."""
 
 from pathlib import Path
 
@@ -7,20 +8,22 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 ffibuilder = FFI()
+HEADERS = ("arena.h", "checksum.h")
 ffibuilder.cdef(
     "\n".join(
         line
-        for line in (HERE / "arena.h").read_text().splitlines()
+        for header in HEADERS
+        for line in (HERE / header).read_text().splitlines()
         if not line.startswith("#")
     )
 )
 ffibuilder.set_source(
     "netspark._native",
-    '#include "arena.h"',
-    sources=[str((HERE / "arena.c").relative_to(HERE.parent))],
+    "\n".join(f'#include "{header}"' for header in HEADERS),
+    sources=[str((HERE / name).relative_to(HERE.parent)) for name in ("arena.c", "checksum.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    libraries=["pthread"],
+    libraries=["pthread", "isal"],
 )
 
 if __name__ == "__main__":

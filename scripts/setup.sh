@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-# gcc and headers build the native arena; Java runs Spark; libibverbs-dev builds
-# the RDMA data path (optional: without it netspark works over TCP).
-DEBS=(gcc libc6-dev make default-jre-headless libibverbs-dev)
+# gcc and headers build the native arena; libisal-dev gives it ISA-L's crc32c;
+# Java runs Spark; libibverbs-dev builds the RDMA data path (optional: without it
+# netspark works over TCP).
+DEBS=(gcc libc6-dev make default-jre-headless libisal-dev libibverbs-dev)
 
 missing=()
 for deb in "${DEBS[@]}"; do

@@ -32,7 +32,7 @@ class CorruptBatch(IOError):
 
 
 class ViewReader(Protocol):
-    def read_view(self, size: int) -> memoryview: ...
+    def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview: ...
 
 
 def write_batch(out: BlockOutputStream, records: list[Any]) -> tuple[int, bool]:
@@ -104,6 +104,7 @@ class RecordWriter:
 
 def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
     """Yields each batch (a list of records) of the stream until its end."""
+    scratch = bytearray()  # a pickle that spans two extents is copied here, not anew
     while True:
         head = stream.read_view(HEADER.size)
         if not len(head):
@@ -113,7 +114,7 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
         length, count = HEADER.unpack(head)
         if count > MAX_BUFFERS:
             raise CorruptBatch(f"batch header names {count} buffers")
-        data = stream.read_view(length)
+        data = stream.read_view(length, scratch)
         if len(data) != length:
             raise CorruptBatch(f"stream ends {length - len(data)} bytes short of a batch")
         if count:
@@ -121,6 +122,7 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
             batch = pickle.loads(data, buffers=[_exact(stream, size) for size in sizes])
         else:  # the common case: no out-of-band buffers
             batch = pickle.loads(data)
+        data.release()  # the unpickler keeps no reference: scratch can be reused
         if not isinstance(batch, list):
             raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
         yield batch

@@ -5,6 +5,11 @@ one fills; `cut()` ends one output so the next can share the block as its own
 extent. `BlockInputStream` reads a list of extents, verifies each extent's crc32c
 before any byte of it is returned, and gives every block back the moment its last
 byte is consumed (or, when views of it are still alive, when the last view dies).
+
+The crc32c of a large stream's extents is computed ahead of the reader on a helper
+thread (`checksum.AheadChecks`), so the check overlaps the unpickling of the
+extents before it instead of adding to it; an extent's verdict still comes before
+any byte of it is returned.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from crc32c import crc32c
-
 from netspark.buffer_manager import Arena, BlockPool
+from netspark.serde.checksum import AheadChecks, crc32c
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,10 @@ class BlockInputStream:
         self._view: memoryview | None = None  # unread part of that extent
         for block in self._remaining:
             self._block_views[block] = arena.guarded_view(block, on_release)
+        # The helper reads the blocks by address: this stream's guarded views keep
+        # them leased until `close` has stopped it.
+        self._ahead = (AheadChecks(arena, self._extents)
+                       if checksum and AheadChecks.worth_it(self._extents) else None)
 
     def readable(self) -> bool:
         return True
@@ -177,11 +185,16 @@ class BlockInputStream:
         view = self._block_views[ext.block_id][ext.offset:ext.offset + ext.length]
         if len(view) != ext.length:
             raise ChecksumError(f"extent {self._index} ({ext}) lies outside its block")
-        if self.checksum and crc32c(view) != ext.crc:
+        if not self.checksum:
+            return view
+        found = self._ahead.crc(self._index) if self._ahead is not None else None
+        if found is None:
+            found = crc32c(view)
+        if found != ext.crc:
             raise ChecksumError(
                 f"extent {self._index} of {len(self._extents)} (block {ext.block_id}, "
                 f"offset {ext.offset}, length {ext.length}) fails its crc32c check: "
-                f"recorded {ext.crc:#010x}, found {crc32c(view):#010x}"
+                f"recorded {ext.crc:#010x}, found {found:#010x}"
             )
         return view
 
@@ -201,9 +214,11 @@ class BlockInputStream:
             self._finish_extent()
         return taken
 
-    def read_view(self, size: int) -> memoryview:
+    def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview:
         """`size` bytes as a view of block memory when they lie in one extent (the view
-        keeps its block from being reused), else as a copy. Short only at the end."""
+        keeps its block from being reused), else as a copy: into `scratch` (grown as
+        needed; the caller releases the view before passing it again) or a new buffer.
+        Short only at the end."""
         view = self._view
         if view is not None and len(view) > size:  # the common case, kept short
             self._view = view[size:]
@@ -213,8 +228,13 @@ class BlockInputStream:
         current = self._current()
         if current is not None and len(current) >= size:
             return self._consume(size)
-        buffer = bytearray(size)
-        got = self.readinto(buffer)
+        if scratch is None:
+            buffer = bytearray(size)
+        else:
+            if len(scratch) < size:
+                scratch.extend(bytes(size - len(scratch)))
+            buffer = scratch
+        got = self.readinto(memoryview(buffer)[:size])
         return memoryview(buffer)[:got]
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
@@ -253,6 +273,8 @@ class BlockInputStream:
 
     def close(self) -> None:
         """Stops reading; unread blocks are released (once their views are gone)."""
+        if self._ahead is not None:
+            self._ahead.close()  # before the blocks can go back
         self._view = None
         self._index = len(self._extents)
         self._unread = 0

@@ -1,0 +1,28 @@
+#include "checksum.h"
+
+#include <isa-l/crc.h>
+
+uint32_t ns_crc32c(const unsigned char *data, uint64_t length) {
+    /* ISA-L takes an int length and leaves out the standard final inversion */
+    const uint64_t chunk = 1u << 30;
+    uint32_t crc = 0xffffffffu;
+    for (; length > chunk; data += chunk, length -= chunk)
+        crc = crc32_iscsi((unsigned char *)data, (int)chunk, crc);
+    return crc32_iscsi((unsigned char *)data, (int)length, crc) ^ 0xffffffffu;
+}
+
+void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
+                    uint32_t *crcs, int *done, const int *stop) {
+    for (int i = 0; i < count && !__atomic_load_n(stop, __ATOMIC_ACQUIRE); i++) {
+        crcs[i] = ns_crc32c(data[i], lengths[i]);
+        __atomic_store_n(&done[i], 1, __ATOMIC_RELEASE);
+    }
+}
+
+int ns_crc_done(const int *done, int index) {
+    return __atomic_load_n(&done[index], __ATOMIC_ACQUIRE);
+}
+
+void ns_crc_stop(int *stop) {
+    __atomic_store_n(stop, 1, __ATOMIC_RELEASE);
+}

@@ -1,0 +1,67 @@
+"""crc32c (ISA-L's, through netspark's native module), and the checks of a stream's
+extents computed on a helper thread ahead of its reader.
+
+For the helper, one C call (`ns_crc32c_many`) runs through every extent with the
+GIL released, so the checks overlap the reader's unpickling instead of adding to
+it (a Python loop would take the GIL back after every extent, and wait up to the
+interpreter's 5 ms switch interval for it each time). The reader never waits for
+the helper: an extent it reaches first it checks itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+
+from netspark._native import ffi, lib
+from netspark.buffer_manager import Arena
+
+# Not worth a thread: a stream this small is checked inline, extent by extent.
+MIN_AHEAD_BYTES = 1 << 20
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """The standard CRC-32C of `data` (the GIL is released while it runs)."""
+    buffer = ffi.from_buffer(data)
+    return lib.ns_crc32c(buffer, len(buffer))
+
+
+class AheadChecks:
+    """Checksums of `extents` of `arena`, filled in by a helper thread, in order."""
+
+    def __init__(self, arena: Arena, extents: Sequence) -> None:
+        count = len(extents)
+        self._data = ffi.new("unsigned char *[]", count)
+        self._lengths = ffi.new("uint32_t[]", count)
+        for i, ext in enumerate(extents):
+            # Clamped to the block: an extent that overruns it is refused by the
+            # reader, and the helper must not read past the arena meanwhile.
+            length = max(0, min(ext.length, arena.block_size - ext.offset))
+            if length:
+                self._data[i] = ffi.cast("unsigned char *",
+                                         arena.block_address(ext.block_id) + ext.offset)
+                self._lengths[i] = length
+        self._crcs = ffi.new("uint32_t[]", count)
+        self._done = ffi.new("int[]", count)
+        self._stop = ffi.new("int *")
+        # The thread's arguments keep these buffers alive until the C call returns.
+        self._thread = threading.Thread(
+            target=lib.ns_crc32c_many, name="netspark-crc32c", daemon=True,
+            args=(count, self._data, self._lengths, self._crcs, self._done, self._stop))
+        self._thread.start()
+        # A stream dropped unread stops its helper at the next extent.
+        self._finalizer = weakref.finalize(self, lib.ns_crc_stop, self._stop)
+
+    @staticmethod
+    def worth_it(extents: Sequence) -> bool:
+        return len(extents) > 1 and sum(ext.length for ext in extents) >= MIN_AHEAD_BYTES
+
+    def crc(self, index: int) -> int | None:
+        """Extent `index`'s crc32c if the helper has computed it, else None."""
+        return self._crcs[index] if lib.ns_crc_done(self._done, index) else None
+
+    def close(self) -> None:
+        """Stops the helper and waits for it (it may be reading a block right now)."""
+        lib.ns_crc_stop(self._stop)
+        self._thread.join()
