@@ -198,6 +198,15 @@ class Arena:
         guard = ffi.gc(start, lambda _: on_last_ref(block_id))
         return memoryview(ffi.buffer(guard, self.block_size))
 
+    def span_view(self, block_id: int, offset: int, size: int, keep: object) -> memoryview:
+        """A view of `size` bytes from `offset` of `block_id` on into the blocks after it
+        (consecutive blocks are adjacent in the mapping). It holds `keep` (the guarded
+        views of those blocks) for as long as it, or anything built on it, is alive."""
+        self._check_id(block_id + (offset + size - 1) // self.block_size)
+        start = self._base + self.data_offset + block_id * self.block_size + offset
+        holder = ffi.gc(start, lambda _: keep)
+        return memoryview(ffi.buffer(holder, size))
+
     def owner_of(self, block_id: int) -> int:
         """The pid that holds the block, 0 when it is free."""
         self._check_id(block_id)

@@ -55,8 +55,8 @@ class BlockPool:
         while True:
             leased = self.arena.lease(self.batch)
             if leased:
-                with self._lock:
-                    self._cache.extend(leased[1:])
+                with self._lock:  # handed out in the arena's order: a stream's blocks
+                    self._cache.extend(reversed(leased[1:]))  # then tend to be adjacent
                 return leased[0]
             if self.arena.reclaim_dead():
                 continue

@@ -228,6 +228,9 @@ class BlockInputStream:
         current = self._current()
         if current is not None and len(current) >= size:
             return self._consume(size)
+        joined = self._across_adjacent_blocks(size)
+        if joined is not None:
+            return joined
         if scratch is None:
             buffer = bytearray(size)
         else:
@@ -236,6 +239,24 @@ class BlockInputStream:
             buffer = scratch
         got = self.readinto(memoryview(buffer)[:size])
         return memoryview(buffer)[:got]
+
+    def _across_adjacent_blocks(self, size: int) -> memoryview | None:
+        """`size` bytes running from the current extent into the next as one view, with
+        no copy, when the next begins where the current one ends in the arena (at the
+        start of the following block); else None."""
+        head, index = self._view, self._index
+        if head is None or index + 1 >= len(self._extents):
+            return None
+        ext, nxt = self._extents[index], self._extents[index + 1]
+        if not (ext.offset + ext.length == self.arena.block_size and nxt.offset == 0
+                and nxt.block_id == ext.block_id + 1 and len(head) + nxt.length >= size):
+            return None
+        keep = self._block_views[ext.block_id], self._block_views[nxt.block_id]
+        start = self.arena.block_size - len(head)
+        self._consume(len(head))
+        self._current()  # opens the next extent: verified before any byte of it is returned
+        self._consume(size - len(head))
+        return self.arena.span_view(ext.block_id, start, size, keep)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
         target = memoryview(buffer).cast("B")

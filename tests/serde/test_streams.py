@@ -139,3 +139,45 @@ def test_discard_gives_every_block_back(arena, pool):
     out.discard()
     pool.flush()
     assert arena.stats().leased_blocks == 0
+
+
+def test_a_read_across_adjacent_blocks_is_a_view_that_holds_both(arena, pool):
+    out, [extents] = write_outputs(pool, data := os.urandom(2 * BLOCK))
+    assert out.blocks[1] == out.blocks[0] + 1  # fresh leases come in order
+    released = []
+    stream = BlockInputStream(arena, extents, released.append)
+    stream.read(BLOCK - 10)
+    view = stream.read_view(20)
+    assert not isinstance(view.obj, bytearray)  # no copy
+    assert bytes(view) == data[BLOCK - 10:BLOCK + 10]
+    stream.read()
+    gc.collect()
+    assert released == []  # the view still looks at both blocks
+    del view
+    gc.collect()
+    assert sorted(released) == sorted(out.blocks)
+
+
+def test_a_read_across_blocks_apart_is_a_copy(arena, pool):
+    first, second = pool.acquire(), pool.acquire()
+    third = pool.acquire()
+    arena.block_view(first)[:] = b"a" * BLOCK
+    arena.block_view(third)[:] = b"c" * BLOCK
+    from netspark.serde.checksum import crc32c
+    extents = [Extent(first, 0, BLOCK, crc32c(b"a" * BLOCK)),
+               Extent(third, 0, BLOCK, crc32c(b"c" * BLOCK))]
+    stream = BlockInputStream(arena, extents, lambda b: None)
+    stream.read(BLOCK - 1)
+    view = stream.read_view(2)
+    assert isinstance(view.obj, bytearray) and bytes(view) == b"ac"
+    for block in (first, second, third):
+        pool.release(block)
+
+
+def test_a_flipped_byte_in_the_next_block_fails_a_read_across_it(arena, pool):
+    out, [extents] = write_outputs(pool, os.urandom(2 * BLOCK))
+    arena.block_view(out.blocks[1])[BLOCK - 1] ^= 0x01
+    stream = BlockInputStream(arena, extents, pool.release)
+    stream.read(BLOCK - 10)
+    with pytest.raises(ChecksumError, match="extent 1 of 2"):
+        stream.read_view(20)
