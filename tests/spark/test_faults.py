@@ -32,11 +32,14 @@ def command_line(pid: int) -> str:
         return f"{pid}: (gone)"
 
 
+KEYS = 120  # each reduce task sleeps per key: a reduce stage of ~15 s to strike in
+
+
 def slow_groupby(sc, records=60_000, partitions=8):
-    data = sc.parallelize(range(records), partitions).map(lambda i: (i % 500, i))
+    data = sc.parallelize(range(records), partitions).map(lambda i: (i % KEYS, i))
 
     def slowly(values):
-        time.sleep(0.4)
+        time.sleep(0.25)
         return sum(values)
 
     return data.groupByKey(partitions).mapValues(slowly)
@@ -45,7 +48,7 @@ def slow_groupby(sc, records=60_000, partitions=8):
 def expected_sums(records=60_000):
     sums = {}
     for i in range(records):
-        sums[i % 500] = sums.get(i % 500, 0) + i
+        sums[i % KEYS] = sums.get(i % KEYS, 0) + i
     return sorted(sums.items())
 
 
