@@ -13,9 +13,13 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspark._native import ffi, lib
 from netspark.buffer_manager import Arena
+
+if TYPE_CHECKING:  # streams imports this module
+    from netspark.serde.streams import Extent
 
 # Not worth a thread: a stream this small is checked inline, extent by extent.
 MIN_AHEAD_BYTES = 1 << 20
@@ -30,7 +34,7 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
 class AheadChecks:
     """Checksums of `extents` of `arena`, filled in by a helper thread, in order."""
 
-    def __init__(self, arena: Arena, extents: Sequence) -> None:
+    def __init__(self, arena: Arena, extents: Sequence[Extent]) -> None:
         count = len(extents)
         self._data = ffi.new("unsigned char *[]", count)
         self._lengths = ffi.new("uint32_t[]", count)
@@ -54,7 +58,7 @@ class AheadChecks:
         self._finalizer = weakref.finalize(self, lib.ns_crc_stop, self._stop)
 
     @staticmethod
-    def worth_it(extents: Sequence) -> bool:
+    def worth_it(extents: Sequence[Extent]) -> bool:
         return len(extents) > 1 and sum(ext.length for ext in extents) >= MIN_AHEAD_BYTES
 
     def crc(self, index: int) -> int | None:
