@@ -183,19 +183,20 @@ class Arena:
         self._check_id(block_id)
         return self.address + self.data_offset + block_id * self.block_size
 
+    def _start(self, block_id: int) -> ffi.CData:
+        """A pointer to the first byte of a block (the id checked)."""
+        self._check_id(block_id)
+        return self._base + self.data_offset + block_id * self.block_size
+
     def block_view(self, block_id: int) -> memoryview:
         """A writable view of one block's memory (no copy)."""
-        self._check_id(block_id)
-        start = self._base + self.data_offset + block_id * self.block_size
-        return memoryview(ffi.buffer(start, self.block_size))
+        return memoryview(ffi.buffer(self._start(block_id), self.block_size))
 
     def guarded_view(self, block_id: int, on_last_ref: Callable[[int], None]) -> memoryview:
         """A view of the block that calls `on_last_ref(block_id)` once neither it nor any
         slice, array or object built on it is alive: so a block cannot be reused under
         a reader that still looks at it."""
-        self._check_id(block_id)
-        start = self._base + self.data_offset + block_id * self.block_size
-        guard = ffi.gc(start, lambda _: on_last_ref(block_id))
+        guard = ffi.gc(self._start(block_id), lambda _: on_last_ref(block_id))
         return memoryview(ffi.buffer(guard, self.block_size))
 
     def span_view(self, block_id: int, offset: int, size: int, keep: object) -> memoryview:
@@ -203,8 +204,7 @@ class Arena:
         (consecutive blocks are adjacent in the mapping). It holds `keep` (the guarded
         views of those blocks) for as long as it, or anything built on it, is alive."""
         self._check_id(block_id + (offset + size - 1) // self.block_size)
-        start = self._base + self.data_offset + block_id * self.block_size + offset
-        holder = ffi.gc(start, lambda _: keep)
+        holder = ffi.gc(self._start(block_id) + offset, lambda _: keep)
         return memoryview(ffi.buffer(holder, size))
 
     def owner_of(self, block_id: int) -> int:
