@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-from netspark.serde import BlockInputStream, BlockOutputStream, ChecksumError, Extent
+from netspark.serde import BlockInputStream, ChecksumError, Extent
 from netspark.serde.checksum import MIN_AHEAD_BYTES, AheadChecks, crc32c
+from tests.serde.conftest import write_outputs
 
 BLOCK = 64 << 10
 BLOCKS = MIN_AHEAD_BYTES // BLOCK + 4  # enough for the helper thread to be used
@@ -17,15 +18,8 @@ def test_crc32c_is_the_standard_castagnoli_crc():
     assert crc32c(data) != crc32c(data[:-1] + bytes([data[-1] ^ 1]))
 
 
-def written(pool, size: int) -> tuple[BlockOutputStream, list[Extent], bytes]:
-    data = os.urandom(size)
-    out = BlockOutputStream(pool)
-    out.write(data)
-    return out, out.close(), data
-
-
 def test_the_helper_computes_every_extents_crc(arena, pool):
-    _, extents, _ = written(pool, BLOCKS * BLOCK)
+    _, [extents] = write_outputs(pool, os.urandom(BLOCKS * BLOCK))
     assert AheadChecks.worth_it(extents)
     checks = AheadChecks(arena, extents)
     checks._thread.join()  # let it finish, so every verdict is the helper's
@@ -34,7 +28,7 @@ def test_the_helper_computes_every_extents_crc(arena, pool):
 
 
 def test_a_flipped_byte_found_by_the_helper_stops_the_reader_at_its_extent(arena, pool):
-    out, extents, data = written(pool, BLOCKS * BLOCK)
+    out, [extents] = write_outputs(pool, data := os.urandom(BLOCKS * BLOCK))
     arena.block_view(out.blocks[5])[100] ^= 0x40
     stream = BlockInputStream(arena, extents, pool.release)
     stream._ahead._thread.join()
@@ -46,7 +40,7 @@ def test_a_flipped_byte_found_by_the_helper_stops_the_reader_at_its_extent(arena
 
 
 def test_an_extent_past_its_block_is_refused_without_the_helper_reading_past_it(arena, pool):
-    out, extents, _ = written(pool, BLOCKS * BLOCK)
+    out, [extents] = write_outputs(pool, os.urandom(BLOCKS * BLOCK))
     last = out.blocks[-1]
     extents[-1] = Extent(last, BLOCK - 10, 1 << 30, 0)  # would run far beyond the arena
     stream = BlockInputStream(arena, extents, pool.release)
@@ -57,7 +51,7 @@ def test_an_extent_past_its_block_is_refused_without_the_helper_reading_past_it(
 
 
 def test_closing_a_stream_stops_its_helper(arena, pool):
-    _, extents, _ = written(pool, BLOCKS * BLOCK)
+    _, [extents] = write_outputs(pool, os.urandom(BLOCKS * BLOCK))
     stream = BlockInputStream(arena, extents, pool.release)
     helper = stream._ahead._thread
     stream.read(10)
@@ -66,7 +60,7 @@ def test_closing_a_stream_stops_its_helper(arena, pool):
 
 
 def test_small_streams_are_checked_inline(arena, pool):
-    _, extents, data = written(pool, 3 * BLOCK)
+    _, [extents] = write_outputs(pool, data := os.urandom(3 * BLOCK))
     stream = BlockInputStream(arena, extents, pool.release)
     assert stream._ahead is None
     assert stream.read() == data

@@ -4,18 +4,10 @@ import os
 import pytest
 
 from netspark.serde import BlockInputStream, BlockOutputStream, ChecksumError, Extent
+from netspark.serde.checksum import crc32c
+from tests.serde.conftest import write_outputs
 
 BLOCK = 64 << 10
-
-
-def write_outputs(pool, *payloads: bytes) -> tuple[BlockOutputStream, list[list[Extent]]]:
-    out = BlockOutputStream(pool)
-    outputs = []
-    for payload in payloads:
-        out.write(payload)
-        outputs.append(out.cut())
-    out.close()
-    return out, outputs
 
 
 def test_a_large_output_spans_blocks(arena, pool):
@@ -163,7 +155,6 @@ def test_a_read_across_blocks_apart_is_a_copy(arena, pool):
     third = pool.acquire()
     arena.block_view(first)[:] = b"a" * BLOCK
     arena.block_view(third)[:] = b"c" * BLOCK
-    from netspark.serde.checksum import crc32c
     extents = [Extent(first, 0, BLOCK, crc32c(b"a" * BLOCK)),
                Extent(third, 0, BLOCK, crc32c(b"c" * BLOCK))]
     stream = BlockInputStream(arena, extents, lambda b: None)
