@@ -41,7 +41,7 @@ bench-quick: $(READY)
 		--modes spark,netspark-local --out docs/results/quick/pagerank
 
 bench-buffers: $(READY)
-	$(PY) bench/buffers.py --gib 1 --reps 9 --json docs/results/buffers.json
+	$(PY) bench/buffers.py --gib 1 --passes 5 --json docs/results/buffers.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info netspark/*.so

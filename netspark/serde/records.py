@@ -33,6 +33,8 @@ class CorruptBatch(IOError):
 
 class ViewReader(Protocol):
     def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview: ...
+    def peek(self) -> memoryview | None: ...
+    def skip(self, count: int) -> None: ...
 
 
 def write_batch(out: BlockOutputStream, records: list[Any]) -> tuple[int, bool]:
@@ -106,26 +108,61 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
     """Yields each batch (a list of records) of the stream until its end."""
     scratch = bytearray()  # a pickle that spans two extents is copied here, not anew
     while True:
-        head = stream.read_view(HEADER.size)
-        if not len(head):
+        yield from _batches_in_place(stream)
+        if stream.peek() is None:
             return
-        if len(head) < HEADER.size:
-            raise CorruptBatch(f"stream ends inside a batch header ({len(head)} bytes)")
-        length, count = HEADER.unpack(head)
-        if count > MAX_BUFFERS:
-            raise CorruptBatch(f"batch header names {count} buffers")
-        data = stream.read_view(length, scratch)
-        if len(data) != length:
-            raise CorruptBatch(f"stream ends {length - len(data)} bytes short of a batch")
-        if count:
-            sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
-            batch = pickle.loads(data, buffers=[_exact(stream, size) for size in sizes])
-        else:  # the common case: no out-of-band buffers
-            batch = pickle.loads(data)
+        yield _next_batch(stream, scratch)
+
+
+def _batches_in_place(stream: ViewReader) -> Iterator[list[Any]]:
+    """The batches that lie inside the current extent, short of its last byte, with no
+    out-of-band buffers: the common case, parsed where they lie. Kept lean on purpose:
+    going through the stream for each batch cost 3% of the whole read. The stream is
+    told what was consumed when the run ends; the batch that ends the extent is left to
+    `_next_batch`, so the stream still hands the block back right after it."""
+    view = stream.peek()
+    if view is None:
+        return
+    pos, last = 0, len(view) - HEADER.size
+    try:
+        while pos <= last:
+            length, count = HEADER.unpack_from(view, pos)
+            start = pos + HEADER.size
+            end = start + length
+            if count or end >= len(view):
+                break
+            pos = end
+            yield _parse(view[start:end])
+    finally:
+        del view
+        stream.skip(pos)
+
+
+def _next_batch(stream: ViewReader, scratch: bytearray) -> list[Any]:
+    """One batch wherever it lies: across extents, with out-of-band buffers."""
+    head = stream.read_view(HEADER.size)
+    if len(head) < HEADER.size:
+        raise CorruptBatch(f"stream ends inside a batch header ({len(head)} bytes)")
+    length, count = HEADER.unpack(head)
+    if count > MAX_BUFFERS:
+        raise CorruptBatch(f"batch header names {count} buffers")
+    data = stream.read_view(length, scratch)
+    if len(data) != length:
+        raise CorruptBatch(f"stream ends {length - len(data)} bytes short of a batch")
+    if not count:
+        return _parse(data)
+    sizes = struct.unpack(f"<{count}Q", _exact(stream, 8 * count))
+    return _parse(data, [_exact(stream, size) for size in sizes])
+
+
+def _parse(data: memoryview, buffers: list[memoryview] | None = None) -> list[Any]:
+    try:
+        batch = pickle.loads(data, buffers=buffers)
+    finally:
         data.release()  # the unpickler keeps no reference: scratch can be reused
-        if not isinstance(batch, list):
-            raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
-        yield batch
+    if not isinstance(batch, list):
+        raise CorruptBatch(f"batch is a {type(batch).__name__}, not a list")
+    return batch
 
 
 def _exact(stream: ViewReader, size: int) -> memoryview:

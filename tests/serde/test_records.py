@@ -14,8 +14,10 @@ from netspark.serde import (
     BlockOutputStream,
     CorruptBatch,
     RecordWriter,
+    read_batches,
     read_records,
 )
+from netspark.serde.records import HEADER, write_batch
 from tests.conftest import small_conf
 
 Point = namedtuple("Point", "x y")
@@ -139,6 +141,34 @@ def test_a_corrupt_header_is_an_error_not_a_crash(arena, pool):
     extents = out.close()
     with pytest.raises(CorruptBatch, match="short"):
         list(read_records(BlockInputStream(arena, extents, pool.release, checksum=False)))
+
+
+def test_a_batch_s_blocks_go_back_before_its_records_are_used(arena, pool):
+    out = BlockOutputStream(pool)
+    first = [os.urandom(40_000) for _ in range(10)]  # ~400 KB: seven 64 KiB blocks
+    write_batch(out, first)
+    write_batch(out, [b"second"])  # begins in the first batch's last block
+    extents = out.close()
+    released = []
+    batches = read_batches(BlockInputStream(arena, extents, released.append))
+    assert next(batches) == first
+    assert sorted(released) == out.blocks[:-1]  # all but the block the next batch is in
+    assert next(batches) == [b"second"]
+    assert sorted(released) == out.blocks
+    for block in out.blocks:
+        pool.release(block)
+
+
+def test_a_corrupt_header_after_good_batches_is_an_error(arena, pool):
+    out = BlockOutputStream(pool, checksum=False)
+    for i in range(3):
+        write_batch(out, [i])
+    out.write(HEADER.pack(8, 1 << 30) + b"12345678" + b"padding" * 10)
+    extents = out.close()
+    batches = read_batches(BlockInputStream(arena, extents, pool.release, checksum=False))
+    assert [next(batches) for _ in range(3)] == [[0], [1], [2]]
+    with pytest.raises(CorruptBatch, match="names 1073741824 buffers"):
+        next(batches)
 
 
 records_strategy = st.lists(

@@ -211,7 +211,9 @@ def test_a_slow_reader_holds_no_more_than_max_bytes_in_flight():
         with link_to(b) as link:
             for m in range(6):
                 write_map(link, 4, m, 1, [(0, os.urandom(40_000)) for _ in range(10)])
-        limit = 4 * (64 << 10)
+        # One map's output is seven 64 KiB blocks; a request larger than the cap is let
+        # in only when nothing is held, so the cap is set to hold one request, not two.
+        limit = 8 * (64 << 10)
         with link_to(a, localShortCircuit="false",
                      **{"reducer.maxBytesInFlight": str(limit)}) as reader:
             fetcher = reader.fetcher()
