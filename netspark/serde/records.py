@@ -117,9 +117,10 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
 def _batches_in_place(stream: ViewReader) -> Iterator[list[Any]]:
     """The batches that lie inside the current extent, short of its last byte, with no
     out-of-band buffers: the common case, parsed where they lie. Kept lean on purpose:
-    going through the stream for each batch cost 3% of the whole read. The stream is
-    told what was consumed when the run ends; the batch that ends the extent is left to
-    `_next_batch`, so the stream still hands the block back right after it."""
+    it halves the per-batch work of going through the stream (3.6 -> 1.9 us measured
+    with the parse taken out). The stream is told what was consumed when the run ends;
+    the batch that ends the extent is left to `_next_batch`, so the stream still hands
+    the block back right after it."""
     view = stream.peek()
     if view is None:
         return

@@ -33,7 +33,7 @@ def grouped_by_python() -> list:
     return sorted((k, sorted(vs)) for k, vs in groups.items())
 
 
-@pytest.mark.timeout(1200)  # two starts past their deadline, then the job
+@pytest.mark.timeout(1500)  # two starts past their deadline, a third, the job
 def test_pyspark_group_by_key_reads_over_rdma(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The guest has no hostname ("(none)"), which Spark would resolve at start.
