@@ -132,10 +132,13 @@ def serde_figures(batches: list[list[tuple[int, bytes]]], passes: int) -> dict:
 
 
 def written(pool: BlockPool, batches: list[list[tuple[int, bytes]]]) -> BlockOutputStream:
+    """The batches in blocks as a map task leaves them: each its own extent(s)."""
     out = BlockOutputStream(pool)
+    out.extents = []
     for batch in batches:
         write_batch(out, batch)
-    out.extents = out.close()
+        out.extents += out.cut()
+    out.close()
     return out
 
 

@@ -34,7 +34,6 @@ class CorruptBatch(IOError):
 class ViewReader(Protocol):
     def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview: ...
     def peek(self) -> memoryview | None: ...
-    def skip(self, count: int) -> None: ...
 
 
 def write_batch(out: BlockOutputStream, records: list[Any]) -> tuple[int, bool]:
@@ -105,42 +104,17 @@ class RecordWriter:
 
 
 def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
-    """Yields each batch (a list of records) of the stream until its end."""
+    """Yields each batch (a list of records) of the stream until its end. Nothing of a
+    batch is held here once it is yielded: its blocks can go back while its records are
+    used (`peek` rather than a header view kept across the yield)."""
     scratch = bytearray()  # a pickle that spans two extents is copied here, not anew
-    while True:
-        yield from _batches_in_place(stream)
-        if stream.peek() is None:
-            return
+    while stream.peek() is not None:
         yield _next_batch(stream, scratch)
 
 
-def _batches_in_place(stream: ViewReader) -> Iterator[list[Any]]:
-    """The batches that lie inside the current extent, short of its last byte, with no
-    out-of-band buffers: the common case, parsed where they lie. Kept lean on purpose:
-    it halves the per-batch work of going through the stream (3.6 -> 1.9 us measured
-    with the parse taken out). The stream is told what was consumed when the run ends;
-    the batch that ends the extent is left to `_next_batch`, so the stream still hands
-    the block back right after it."""
-    view = stream.peek()
-    if view is None:
-        return
-    pos, last = 0, len(view) - HEADER.size
-    try:
-        while pos <= last:
-            length, count = HEADER.unpack_from(view, pos)
-            start = pos + HEADER.size
-            end = start + length
-            if count or end >= len(view):
-                break
-            pos = end
-            yield _parse(view[start:end])
-    finally:
-        del view
-        stream.skip(pos)
-
-
 def _next_batch(stream: ViewReader, scratch: bytearray) -> list[Any]:
-    """One batch wherever it lies: across extents, with out-of-band buffers."""
+    """The next batch, read in place where it lies in one extent or in adjacent blocks,
+    else copied into `scratch`; its out-of-band buffers are views of the stream."""
     head = stream.read_view(HEADER.size)
     if len(head) < HEADER.size:
         raise CorruptBatch(f"stream ends inside a batch header ({len(head)} bytes)")

@@ -174,11 +174,6 @@ class BlockInputStream:
         the current one is used up), not consumed; None at the end."""
         return self._current()
 
-    def skip(self, count: int) -> None:
-        """Consumes `count` bytes of what `peek` returned."""
-        if count:
-            self._consume(count)
-
     def _current(self) -> memoryview | None:
         """The unread part of the current extent, opening (and verifying) the next one
         when the current one is used up; None at the end."""
