@@ -105,8 +105,8 @@ def serde_figures(batches: list[list[tuple[int, bytes]]], passes: int) -> dict:
         pickled = [pickle.dumps(batch, protocol=5) for batch in batches]
         checked, unchecked = written(pool, batches), written(pool, batches)
 
-        def from_blocks(stream: BlockOutputStream, checksum: bool) -> Callable[[int], object]:
-            batches_read = read_batches(BlockInputStream(arena, stream.extents,
+        def from_blocks(output: BlockOutputStream, checksum: bool) -> Callable[[int], object]:
+            batches_read = read_batches(BlockInputStream(arena, output.extents,
                                                          lambda block: None,
                                                          checksum=checksum))
             return lambda i: next(batches_read)

@@ -33,7 +33,8 @@ class CorruptBatch(IOError):
 
 class ViewReader(Protocol):
     def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview: ...
-    def peek(self) -> memoryview | None: ...
+    @property
+    def unread(self) -> int: ...
 
 
 def write_batch(out: BlockOutputStream, records: list[Any]) -> tuple[int, bool]:
@@ -106,9 +107,9 @@ class RecordWriter:
 def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
     """Yields each batch (a list of records) of the stream until its end. Nothing of a
     batch is held here once it is yielded: its blocks can go back while its records are
-    used (`peek` rather than a header view kept across the yield)."""
+    used (no header view is kept across the yield)."""
     scratch = bytearray()  # a pickle that spans two extents is copied here, not anew
-    while stream.peek() is not None:
+    while stream.unread:
         yield _next_batch(stream, scratch)
 
 

@@ -169,11 +169,6 @@ class BlockInputStream:
         """Bytes not yet consumed."""
         return self._unread
 
-    def peek(self) -> memoryview | None:
-        """The unread part of the current extent (the next one opened and verified when
-        the current one is used up), not consumed; None at the end."""
-        return self._current()
-
     def _current(self) -> memoryview | None:
         """The unread part of the current extent, opening (and verifying) the next one
         when the current one is used up; None at the end."""
