@@ -12,15 +12,12 @@ uint32_t ns_crc32c(const unsigned char *data, uint64_t length) {
 }
 
 void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
-                    uint32_t *crcs, int *done, const int *stop) {
+                    const uint32_t *expected, unsigned char *verdicts, const int *stop) {
     for (int i = 0; i < count && !__atomic_load_n(stop, __ATOMIC_ACQUIRE); i++) {
-        crcs[i] = ns_crc32c(data[i], lengths[i]);
-        __atomic_store_n(&done[i], 1, __ATOMIC_RELEASE);
+        unsigned char verdict =
+            ns_crc32c(data[i], lengths[i]) == expected[i] ? NS_CRC_MATCHES : NS_CRC_DIFFERS;
+        __atomic_store_n(&verdicts[i], verdict, __ATOMIC_RELEASE);
     }
-}
-
-int ns_crc_done(const int *done, int index) {
-    return __atomic_load_n(&done[index], __ATOMIC_ACQUIRE);
 }
 
 void ns_crc_stop(int *stop) {

@@ -2,9 +2,10 @@
  * extents ahead of its reader. cffi releases the GIL around the call, so the whole
  * run overlaps the reader's unpickling; the CRC itself is ISA-L's crc32_iscsi.
  *
- * The helper publishes each result by setting done[i] (release order) after
- * crcs[i]; the reader takes crcs[i] only after seeing done[i] (acquire order) and
- * otherwise computes the extent itself, so it never waits for the helper.
+ * The helper publishes each extent's verdict as one byte (release order): 0 not yet
+ * checked, 1 matches the recorded crc, 2 does not. One byte, so a reader that sees
+ * a verdict sees the whole of it; a reader that sees 0 checks the extent itself,
+ * so it never waits for the helper.
  */
 #ifndef NETSPARK_CHECKSUM_H
 #define NETSPARK_CHECKSUM_H
@@ -14,11 +15,13 @@
 /* The standard CRC-32C (Castagnoli) of `length` bytes. */
 uint32_t ns_crc32c(const unsigned char *data, uint64_t length);
 
-/* crcs[i] = ns_crc32c(data[i], lengths[i]) for i in order, until *stop is set. */
-void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
-                    uint32_t *crcs, int *done, const int *stop);
+enum { NS_UNCHECKED = 0, NS_CRC_MATCHES = 1, NS_CRC_DIFFERS = 2 };
 
-int ns_crc_done(const int *done, int index);  /* done[index], acquire order */
-void ns_crc_stop(int *stop);                  /* *stop = 1, release order */
+/* verdicts[i] = whether ns_crc32c(data[i], lengths[i]) == expected[i], for i in
+ * order, until *stop is set. */
+void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
+                    const uint32_t *expected, unsigned char *verdicts, const int *stop);
+
+void ns_crc_stop(int *stop);  /* *stop = 1, release order */
 
 #endif

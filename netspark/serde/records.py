@@ -33,6 +33,8 @@ class CorruptBatch(IOError):
 
 class ViewReader(Protocol):
     def read_view(self, size: int, scratch: bytearray | None = None) -> memoryview: ...
+    def extent_view(self) -> memoryview | None: ...
+    def skip_extent(self) -> None: ...
     @property
     def unread(self) -> int: ...
 
@@ -110,6 +112,17 @@ def read_batches(stream: ViewReader) -> Iterator[list[Any]]:
     used (no header view is kept across the yield)."""
     scratch = bytearray()  # a pickle that spans two extents is copied here, not anew
     while stream.unread:
+        # A map cuts an extent per batch: most batches are exactly one extent.
+        whole = stream.extent_view()
+        if whole is not None and len(whole) > HEADER.size:
+            length, count = HEADER.unpack_from(whole)
+            if not count and len(whole) == HEADER.size + length:
+                stream.skip_extent()
+                data = whole[HEADER.size:]
+                del whole  # held across the yield, it would hold the block
+                yield _parse(data)  # which releases data
+                continue
+        del whole
         yield _next_batch(stream, scratch)
 
 

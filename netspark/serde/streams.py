@@ -14,12 +14,11 @@ any byte of it is returned.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from netspark.buffer_manager import Arena, BlockPool
-from netspark.serde.checksum import AheadChecks, crc32c
+from netspark.serde.checksum import CRC_MATCHES, AheadChecks, crc32c
 
 
 @dataclass(frozen=True)
@@ -148,18 +147,23 @@ class BlockInputStream:
         self.arena = arena
         self.checksum = checksum
         self._extents = list(extents)
-        self._on_release = on_release
-        self._remaining = Counter(ext.block_id for ext in self._extents)
         self._unread = sum(ext.length for ext in self._extents)
-        self._block_views: dict[int, memoryview] = {}
+        blocks = {block: arena.guarded_view(block, on_release)
+                  for block in dict.fromkeys(ext.block_id for ext in self._extents)}
+        # One view per extent, dropped once it is consumed; the block views go with
+        # `blocks`, so a block goes back as soon as the views of all its extents (and
+        # whatever was built on them) are gone: no count of extents per block to keep.
+        self._views: list[memoryview | None] = [
+            blocks[ext.block_id][ext.offset:ext.offset + ext.length] for ext in self._extents]
+        self._outside = {i for i, ext in enumerate(self._extents)
+                         if len(self._views[i]) != ext.length}  # refused when reached
         self._index = -1  # extent being read
         self._view: memoryview | None = None  # unread part of that extent
-        for block in self._remaining:
-            self._block_views[block] = arena.guarded_view(block, on_release)
-        # The helper reads the blocks by address: this stream's guarded views keep
-        # them leased until `close` has stopped it.
+        # The helper reads the blocks by address: the extents' views keep them leased
+        # until `close` has stopped it.
         self._ahead = (AheadChecks(arena, self._extents)
                        if checksum and AheadChecks.worth_it(self._extents) else None)
+        self._verdicts = self._ahead.verdicts if self._ahead is not None else None
 
     def readable(self) -> bool:
         return True
@@ -169,41 +173,55 @@ class BlockInputStream:
         """Bytes not yet consumed."""
         return self._unread
 
+    def extent_view(self) -> memoryview | None:
+        """The unread rest of the current extent, not consumed (the next extent is opened,
+        and verified, when the current one is used up); None at the end."""
+        return self._current()
+
+    def skip_extent(self) -> None:
+        """Consumes the rest of the current extent, as `extent_view` showed it."""
+        if self._view is not None:
+            self._unread -= len(self._view)
+            self._finish_extent()
+
     def _current(self) -> memoryview | None:
         """The unread part of the current extent, opening (and verifying) the next one
         when the current one is used up; None at the end."""
-        while self._view is None or not len(self._view):
+        while not self._view:  # None, or used up
             if self._view is not None:
                 self._finish_extent()
-            if self._index + 1 >= len(self._extents):
+            index = self._index + 1
+            if index >= len(self._views):
                 return None
-            self._index += 1
-            self._view = self._open(self._extents[self._index])
+            self._view = self._open(index)  # raises again if called again: nothing skipped
+            self._index = index
         return self._view
 
-    def _open(self, ext: Extent) -> memoryview:
-        view = self._block_views[ext.block_id][ext.offset:ext.offset + ext.length]
-        if len(view) != ext.length:
-            raise ChecksumError(f"extent {self._index} ({ext}) lies outside its block")
-        if not self.checksum:
-            return view
-        found = self._ahead.crc(self._index) if self._ahead is not None else None
-        if found is None:
-            found = crc32c(view)
-        if found != ext.crc:
-            raise ChecksumError(
-                f"extent {self._index} of {len(self._extents)} (block {ext.block_id}, "
-                f"offset {ext.offset}, length {ext.length}) fails its crc32c check: "
-                f"recorded {ext.crc:#010x}, found {found:#010x}"
-            )
+    def _open(self, index: int) -> memoryview:
+        view = self._views[index]
+        assert view is not None
+        if self._outside and index in self._outside:
+            raise ChecksumError(f"extent {index} ({self._extents[index]}) lies outside its block")
+        # The helper's verdict when it has one (a byte: the common case, kept short).
+        if self.checksum and (self._verdicts is None or self._verdicts[index] != CRC_MATCHES):
+            self._verify(index, view)
         return view
+
+    def _verify(self, index: int, view: memoryview) -> None:
+        ext = self._extents[index]
+        verdict = self._ahead.verdict(index) if self._ahead is not None else None
+        if verdict is None:
+            verdict = crc32c(view) == ext.crc
+        if not verdict:
+            raise ChecksumError(
+                f"extent {index} of {len(self._extents)} (block {ext.block_id}, "
+                f"offset {ext.offset}, length {ext.length}) fails its crc32c check: "
+                f"recorded {ext.crc:#010x}, found {crc32c(view):#010x}"
+            )
 
     def _finish_extent(self) -> None:
         self._view = None
-        block = self._extents[self._index].block_id
-        self._remaining[block] -= 1
-        if self._remaining[block] == 0:
-            del self._block_views[block]  # the guard calls on_release when unreferenced
+        self._views[self._index] = None  # the block goes back when nothing else holds it
 
     def _consume(self, count: int) -> memoryview:
         view = self._view
@@ -251,7 +269,7 @@ class BlockInputStream:
         if not (ext.offset + ext.length == self.arena.block_size and nxt.offset == 0
                 and nxt.block_id == ext.block_id + 1 and len(head) + nxt.length >= size):
             return None
-        keep = self._block_views[ext.block_id], self._block_views[nxt.block_id]
+        keep = self._views[index], self._views[index + 1]
         start = self.arena.block_size - len(head)
         self._consume(len(head))
         self._current()  # opens the next extent: verified before any byte of it is returned
@@ -299,8 +317,7 @@ class BlockInputStream:
         self._view = None
         self._index = len(self._extents)
         self._unread = 0
-        self._block_views.clear()
-        self._remaining.clear()
+        self._views.clear()
 
     def __enter__(self) -> BlockInputStream:
         return self

@@ -75,6 +75,19 @@ def test_a_flipped_byte_is_caught_before_any_byte_of_its_extent(arena, pool):
         stream.read(1)
 
 
+def test_a_failed_extent_fails_again_rather_than_being_skipped(arena, pool):
+    _, [extents] = write_outputs(pool, os.urandom(BLOCK + 500))
+    extents.append(extents[-1])  # an intact extent after the bad one
+    good = extents[0]
+    extents[1] = Extent(good.block_id, good.offset, good.length, good.crc ^ 1)
+    stream = BlockInputStream(arena, extents, pool.release)
+    stream.read(BLOCK)
+    for _ in range(2):  # a caller that carries on past the error gets it again
+        with pytest.raises(ChecksumError, match="extent 1 of 3"):
+            stream.read(1)
+    stream.close()
+
+
 def test_checksum_none_skips_the_check(arena, pool):
     out = BlockOutputStream(pool, checksum=False)
     out.write(b"abc")
