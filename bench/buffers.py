@@ -106,10 +106,14 @@ def serde_figures(batches: list[list[tuple[int, bytes]]], passes: int) -> dict:
         checked, unchecked = written(pool, batches), written(pool, batches)
 
         def from_blocks(output: BlockOutputStream, checksum: bool) -> Callable[[int], object]:
-            batches_read = read_batches(BlockInputStream(arena, output.extents,
-                                                         lambda block: None,
-                                                         checksum=checksum))
-            return lambda i: next(batches_read)
+            reader = []
+
+            def next_batch(i: int) -> object:
+                if not i:  # the stream is set up in the first batch's time
+                    reader.append(read_batches(BlockInputStream(
+                        arena, output.extents, lambda block: None, checksum=checksum)))
+                return next(reader[0])
+            return next_batch
 
         de = per_batch(passes, len(batches),
                        pickle_loads=lambda: lambda i: pickle.loads(pickled[i]),

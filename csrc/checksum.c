@@ -11,11 +11,18 @@ uint32_t ns_crc32c(const unsigned char *data, uint64_t length) {
     return crc32_iscsi((unsigned char *)data, (int)length, crc) ^ 0xffffffffu;
 }
 
-void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
-                    const uint32_t *expected, unsigned char *verdicts, const int *stop) {
+void ns_crc32c_many(const ns_extents *extents, int count, unsigned char *verdicts,
+                    const int *stop) {
+    const ns_extents *e = extents;
     for (int i = 0; i < count && !__atomic_load_n(stop, __ATOMIC_ACQUIRE); i++) {
+        uint64_t offset = e->offsets[i], length = e->lengths[i];
+        if (e->blocks[i] >= e->max_blocks || offset >= e->block_size)
+            offset = length = 0;
+        else if (length > e->block_size - offset)
+            length = e->block_size - offset;
+        const unsigned char *at = e->data + e->blocks[i] * e->block_size + offset;
         unsigned char verdict =
-            ns_crc32c(data[i], lengths[i]) == expected[i] ? NS_CRC_MATCHES : NS_CRC_DIFFERS;
+            ns_crc32c(at, length) == e->expected[i] ? NS_CRC_MATCHES : NS_CRC_DIFFERS;
         __atomic_store_n(&verdicts[i], verdict, __ATOMIC_RELEASE);
     }
 }

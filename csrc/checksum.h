@@ -17,10 +17,20 @@ uint32_t ns_crc32c(const unsigned char *data, uint64_t length);
 
 enum { NS_UNCHECKED = 0, NS_CRC_MATCHES = 1, NS_CRC_DIFFERS = 2 };
 
-/* verdicts[i] = whether ns_crc32c(data[i], lengths[i]) == expected[i], for i in
- * order, until *stop is set. */
-void ns_crc32c_many(int count, unsigned char *const *data, const uint32_t *lengths,
-                    const uint32_t *expected, unsigned char *verdicts, const int *stop);
+/* The extents of a stream: extent i is lengths[i] bytes at offsets[i] of block
+ * blocks[i], in an arena whose `max_blocks` blocks of `block_size` bytes start at
+ * `data`. An extent is clamped to its block (and one outside the arena is empty):
+ * the reader refuses such an extent, and the helper must not read past the arena. */
+typedef struct {
+    unsigned char *data;
+    uint64_t block_size, max_blocks;
+    const uint32_t *blocks, *offsets, *lengths, *expected;
+} ns_extents;
+
+/* verdicts[i] = whether the crc32c of extent i is expected[i], for i in order,
+ * until *stop is set. */
+void ns_crc32c_many(const ns_extents *extents, int count, unsigned char *verdicts,
+                    const int *stop);
 
 void ns_crc_stop(int *stop);  /* *stop = 1, release order */
 

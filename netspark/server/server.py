@@ -251,7 +251,7 @@ class ShuffleServer:
                 self.arena.transfer(blocks, to_pid=pid)
                 self._fetcher.disown(len(blocks))
             answers.append({"arena": path if not owned else self.arena.path, "owned": owned,
-                            "extents": [list(vars(e).values()) for e in landed.extents]})
+                            "extents": [list(e) for e in landed.extents]})
         return answers
 
     def unregister(self, shuffle: int) -> int:

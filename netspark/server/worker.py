@@ -109,7 +109,7 @@ class MapOutputWriter:
             self.link.client.call(
                 "commit", shuffle=shuffle, map=map_id, attempt=attempt,
                 blocks=self.stream.blocks,
-                partitions={str(r): [count, [list(vars(e).values()) for e in exts]]
+                partitions={str(r): [count, [list(e) for e in exts]]
                             for r, (count, exts) in self.partitions.items()})
         except BaseException:
             self.abort()
