@@ -11,6 +11,8 @@ a reader sees either none or all of it.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -35,7 +37,11 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
 
 def _check_all(extents: ffi.CData, columns: list[ffi.CData], count: int,
                verdicts: ffi.CData, stop: ffi.CData) -> None:
-    """The helper thread: holds `columns` (which `extents` points into) while it runs."""
+    """The helper thread: holds `columns` (which `extents` points into) while it runs.
+    It runs at the lowest priority (on Linux, a nice value is a thread's own): where
+    no core is idle it must not take the reader's, who then checks extents itself."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     lib.ns_crc32c_many(extents, count, verdicts, stop)
 
 
