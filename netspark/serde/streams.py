@@ -158,13 +158,7 @@ class BlockInputStream:
         self._outside = {i for i, (view, ext) in enumerate(zip(self._views, self._extents,
                                                                strict=True))
                          if len(view) != ext.length}  # refused when reached
-        # A read that runs from one extent into the next, adjacent one (a batch that
-        # crossed into the following block) is a slice of one view of both: made here,
-        # as it costs ten times more mid-read, after a parse has flushed the caches.
-        self._spans = {i: arena.span_view(self._extents[i].block_id, self._extents[i].offset,
-                                          len(self._views[i]) + len(self._views[i + 1]),
-                                          (self._views[i], self._views[i + 1]))
-                       for i in range(len(self._extents) - 1) if self._adjacent(i)}
+        self._spans = self._adjacent_spans()
         self._index = -1  # extent being read
         self._view: memoryview | None = None  # unread part of that extent
         # The helper reads the blocks by address: the extents' views keep them leased
@@ -268,13 +262,21 @@ class BlockInputStream:
         got = self.readinto(memoryview(buffer)[:size])
         return memoryview(buffer)[:got]
 
-    def _adjacent(self, index: int) -> bool:
-        """Whether the extent after `index` begins where it ends in the arena (at the
-        next block's start)."""
-        ext, nxt = self._extents[index], self._extents[index + 1]
-        return (ext.offset + ext.length == self.arena.block_size and nxt.offset == 0
-                and nxt.block_id == ext.block_id + 1
-                and not self._outside.intersection((index, index + 1)))
+    def _adjacent_spans(self) -> dict[int, memoryview]:
+        """For each extent the next one continues in the arena (it begins at the start
+        of the following block), one view of both: a read that runs from one into the
+        other (a batch that crossed into the next block) is a slice of it. Made here,
+        as a view made mid-read costs ten times more, after a parse has flushed the
+        caches."""
+        spans = {}
+        for i, (ext, nxt) in enumerate(zip(self._extents, self._extents[1:], strict=False)):
+            if (ext.offset + ext.length == self.arena.block_size and nxt.offset == 0
+                    and nxt.block_id == ext.block_id + 1
+                    and not self._outside.intersection((i, i + 1))):
+                pair = self._views[i], self._views[i + 1]
+                spans[i] = self.arena.span_view(ext.block_id, ext.offset,
+                                                ext.length + nxt.length, pair)
+        return spans
 
     def _across_adjacent_blocks(self, size: int) -> memoryview | None:
         """`size` bytes running from the current extent into the next as one view, with
