@@ -73,6 +73,17 @@ def text(value: str) -> str:
     return str(value).strip()
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'0' -> (0, 0): any free port; '7337' -> (7337, 7337); '7337-7340' -> a range."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a port or a range (examples: 0, 7337, 7337-7400)")
+    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+    if not 0 <= low <= high <= 65535 or (low == 0 and high):
+        raise ValueError(f"{text!r} is not a port range within 1-65535 (or 0: any free port)")
+    return low, high
+
+
 @dataclass(frozen=True)
 class Key:
     name: str  # without the prefix
@@ -115,15 +126,29 @@ KEYS: tuple[Key, ...] = (
     Key("checksum", "crc32c", choice("crc32c", "none"),
         "Checksum of every extent, verified before any record of it is read."),
     Key("rdma.device", "", text,
-        "RDMA device name (for example mlx5_0 or rxe0); empty: the first RoCE device."),
+        "RDMA device name (for example mlx5_0 or rxe0); empty: the device whose GID table "
+        "holds the advertised address, else the first RoCE device."),
     Key("rdma.port", "1", bounded_int(1, 255), "RDMA device port."),
     Key("rdma.gidIndex", "-1", bounded_int(-1, 255),
-        "GID index; -1: the first RoCE v2 IPv4-mapped GID."),
+        "GID index; -1: the RoCE v2 GID of the advertised address, else the first RoCE v2 "
+        "IPv4-mapped GID."),
     Key("rdma.naive", "false", parse_bool,
         "Benchmarks only: the 'naive RDMA' baseline, copying every extent through separate "
         "registered bounce buffers on both sides instead of reading arena blocks in place."),
+    Key("advertiseAddress", "", text,
+        "The address peers on other hosts reach this executor's server at: an IP address, "
+        "a host name or an interface name (eth1); empty: the address of Spark's own "
+        "executor (its --hostname, else SPARK_LOCAL_IP, else the host name's address "
+        "unless loopback, else the local address of the route toward the driver)."),
+    Key("bindAddress", "", text,
+        "The address the server listens on; empty: the advertised one; 0.0.0.0: all."),
+    Key("port", "0", parse_port_range,
+        "The server's TCP port: 0 (any free one), a port, or a range (7337-7350) for "
+        "firewalled clusters; each executor on a host takes the next free one."),
     Key("network.timeout", "120s", parse_duration,
         "How long a peer may stay silent in the middle of a request."),
+    Key("network.connectTimeout", "10s", parse_duration,
+        "How long a connection to a peer may take before the attempt counts as failed."),
     Key("network.maxRetries", "3", bounded_int(0, 100),
         "Retries of a fetch after a transient error (connection lost, timeout)."),
     Key("network.retryWait", "500ms", parse_duration,

@@ -14,9 +14,9 @@ import signal
 import sys
 import threading
 
-from netspark.config import ConfigError, NetsparkConf
+from netspark.config import ConfigError, NetsparkConf, parse_port_range
 from netspark.server.control import follow_coordinator
-from netspark.server.server import ShuffleServer
+from netspark.server.server import NoFreePort, ShuffleServer
 from netspark.transport.auth import AuthError
 
 
@@ -25,13 +25,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description="Run one executor's netspark server.")
     parser.add_argument("--app-id", required=True, help="the Spark application id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
+    parser.add_argument("--port", default="0",
+                        help="TCP port, or a range LOW-HIGH (0: any free one)")
     parser.add_argument("--advertise-host", help="address peers should use (default: --host)")
     parser.add_argument("--secret-env", default="NETSPARK_SECRET",
                         help="environment variable holding the shared secret")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                         help="a spark.netspark.* setting (repeatable)")
     parser.add_argument("--parent", type=int, help="exit when this process dies")
+    parser.add_argument("--executor-id", default="", help="Spark's id of this executor")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
                         help="the application's coordinator; exit when it goes away")
     parser.add_argument("--log-level", default="INFO")
@@ -80,11 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = dict(item.split("=", 1) for item in args.conf)
         conf = NetsparkConf.from_spark(settings)
+        ports = parse_port_range(args.port)
     except (ConfigError, ValueError) as err:
         print(f"netspark.server: {err}", file=sys.stderr)
         return 2
-    server = ShuffleServer(conf, secret=secret, app_id=args.app_id, host=args.host,
-                           port=args.port, advertise_host=args.advertise_host).start()
+    try:
+        server = ShuffleServer(conf, secret=secret, app_id=args.app_id, host=args.host,
+                               port=ports, advertise_host=args.advertise_host,
+                               executor_id=args.executor_id).start()
+    except NoFreePort as err:
+        print(f"netspark.server: {err}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -24,7 +24,8 @@ def follow_coordinator(server: ShuffleServer, host: str, port: int,
     sock = socket.create_connection((host, port), timeout=server.conf.network_timeout)
     client_handshake(sock, server.secret, server.app_id, timeout=server.conf.network_timeout)
     sock.settimeout(None)
-    send_json(sock, {"op": "hello", "address": vars(server.address)})
+    send_json(sock, {"op": "hello", "address": vars(server.address),
+                     "executor": server.executor_id})
 
     def follow() -> None:
         try:

@@ -11,6 +11,7 @@ Three kinds of connection, each on its own thread:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -32,13 +33,34 @@ from netspark.transport.tcp import serve_peer
 log = logging.getLogger(__name__)
 
 
+class NoFreePort(OSError):
+    """Every port of the configured range is taken (or the address is not this host's)."""
+
+
+def listen_in_range(host: str, ports: int | tuple[int, int]) -> socket.socket:
+    """A listening socket on the first free port of `ports` (0: any free port)."""
+    low, high = (ports, ports) if isinstance(ports, int) else ports
+    last: OSError | None = None
+    for port in range(low, high + 1):
+        try:
+            return socket.create_server((host, port), backlog=128)
+        except OSError as err:
+            last = err
+            if err.errno not in (errno.EADDRINUSE, errno.EACCES):
+                break  # e.g. EADDRNOTAVAIL: no other port would do better
+    where = f"port {low}" if low == high else f"ports {low}-{high}"
+    raise NoFreePort(f"cannot listen on {host}, {where} (spark.netspark.port, "
+                     f"spark.netspark.bindAddress): {last}")
+
+
 class ShuffleServer:
     """One per executor. `start()` serves in background threads; `stop()` ends it all."""
 
     def __init__(self, conf: NetsparkConf, *, secret: bytes, app_id: str,
-                 host: str = "127.0.0.1", port: int = 0,
-                 advertise_host: str | None = None) -> None:
+                 host: str = "127.0.0.1", port: int | tuple[int, int] = 0,
+                 advertise_host: str | None = None, executor_id: str = "") -> None:
         self.conf = conf
+        self.executor_id = executor_id
         self.secret = secret
         self.app_id = app_id
         self.arena = Arena.create(conf, name=f"netspark-{app_id}")
@@ -52,19 +74,19 @@ class ShuffleServer:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         try:
-            self._tcp = socket.create_server((host, port), backlog=128)
+            self._tcp = listen_in_range(host, port)
             self.local_name = socket_name(app_id, self._tcp.getsockname()[1])
             self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._unix.bind(self.local_name)
             self._unix.listen(128)
-            self.rdma = self._open_rdma()
+            self.rdma = self._open_rdma(advertise_host or host)
         except BaseException:
             self.arena.close()
             raise
         port = self._tcp.getsockname()[1]
         self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
 
-    def _open_rdma(self) -> Any:
+    def _open_rdma(self, address: str) -> Any:
         """The RDMA service, or None: transport=tcp, or auto without a usable device."""
         if self.conf.transport == "tcp":
             return None
@@ -75,7 +97,7 @@ class ShuffleServer:
             from netspark.transport.rdma.peer import RdmaService
 
             device = open_device(self.conf.rdma_device, self.conf.rdma_port,
-                                 self.conf.rdma_gidIndex)
+                                 self.conf.rdma_gidIndex, address)
         except RdmaUnavailable as err:
             if self.conf.transport == "rdma":
                 raise RdmaUnavailable(f"spark.netspark.transport=rdma: {err}") from None
@@ -239,7 +261,7 @@ class ShuffleServer:
     def _fetch_for(self, pid: int, requests: list[Any]) -> list[dict[str, Any]]:
         if self._fetcher is None:
             self._fetcher = Fetcher(BlockPool(self.arena), self.conf, secret=self.secret,
-                                    app_id=self.app_id)
+                                    app_id=self.app_id, local_address=self.address.host)
         answers = []
         for host, port, key, path, shuffle, reduce_id, maps in requests:
             req = FetchRequest(PeerAddress(host, int(port), key, path), int(shuffle),

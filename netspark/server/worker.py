@@ -45,7 +45,7 @@ class ExecutorLink:
 
     def fetcher(self) -> Fetcher:
         return Fetcher(self.pool, self.conf, secret=self.secret, app_id=self.app_id,
-                       arenas=self.peer_arenas)
+                       arenas=self.peer_arenas, local_address=self.address.host)
 
     def fetch_via_server(self, requests: list[FetchRequest]) -> list[Landed]:
         """Asks the executor's server to fetch (it holds the RDMA queue pairs); what it

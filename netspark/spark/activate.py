@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from netspark.config import PREFIX, ConfigError, NetsparkConf, parse_bool
@@ -155,15 +156,17 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
     secret = settings.get("spark.authenticate.secret") or secrets.token_hex(32)
     local = sc.master.startswith("local")
     host = "127.0.0.1" if local else settings.get("spark.driver.host", "127.0.0.1")
-    coordinator = Coordinator(host, secret=secret.encode(), app_id=sc.applicationId,
-                              timeout=conf.network_timeout)
+    bind = "127.0.0.1" if local else settings.get("spark.driver.bindAddress", host)
+    coordinator = Coordinator(host, bind_host=bind, secret=secret.encode(),
+                              app_id=sc.applicationId, timeout=conf.network_timeout,
+                              on_lost=lambda executor, why: replace_executor(sc, executor))
     sc.environment.update({
         "NETSPARK_CONF": json.dumps({k: v for k, v in settings.items()
                                      if k.startswith(PREFIX)}),
         "NETSPARK_SECRET": secret,
         "NETSPARK_APP_ID": sc.applicationId,
         "NETSPARK_COORDINATOR": "{}:{}".format(*coordinator.address),
-        "NETSPARK_HOST": "127.0.0.1" if local else "",
+        "NETSPARK_LOCAL_ONLY": "1" if local else "",
     })
     state = ShuffleState(sc, conf, coordinator)
     sc._netspark = state
@@ -172,6 +175,24 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
     log.info("netspark: enabled for %s (transport=%s, localShortCircuit=%s, pool %d MiB)",
              sc.applicationId, conf.transport, conf.localShortCircuit,
              conf.buffer_poolSize >> 20)
+
+
+def _executor_ids(sc: Any) -> set[str]:
+    return set(filter(None, str(sc._jsc.sc().getExecutorIds().mkString(",")).split(",")))
+
+
+def replace_executor(sc: Any, executor: str, timeout: float = 60.0) -> None:
+    """Has Spark kill `executor` and start another in its place; returns once Spark has
+    removed it, and with it its map outputs (the next fetch of their handles fails, so
+    Spark reruns those map tasks: its own recovery of lost shuffle output)."""
+    if executor not in _executor_ids(sc):
+        return  # already gone (or the driver itself, in local mode: nothing to replace)
+    log.warning("netspark: asking Spark to replace executor %s so that its map outputs are "
+                "recomputed", executor)
+    sc._jsc.sc().killAndReplaceExecutor(executor)
+    deadline = time.monotonic() + timeout
+    while executor in _executor_ids(sc) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def wrap_spark_context(context_class: type) -> None:
@@ -203,6 +224,9 @@ def wrap_spark_context(context_class: type) -> None:
             activate(self, conf)
 
     def _stop(self: Any) -> None:
+        state = self.__dict__.get("_netspark")
+        if state is not None:
+            state.coordinator.stopping()  # executors ending now are not lost
         try:
             stop(self)
         finally:

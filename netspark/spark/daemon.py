@@ -14,28 +14,31 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 
-def _advertised_host() -> str:
-    host = os.environ.get("NETSPARK_HOST") or os.environ.get("SPARK_LOCAL_IP")
-    if host:
-        return host
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
 def start_server() -> subprocess.Popen:
     """Starts the server; returns once it listens (its address is in os.environ)."""
-    conf = json.loads(os.environ["NETSPARK_CONF"])
+    from netspark.config import NetsparkConf
+    from netspark.spark.addresses import executor_id, server_addresses
+
+    settings = json.loads(os.environ["NETSPARK_CONF"])
+    conf = NetsparkConf.from_spark(settings)
+    coordinator = os.environ["NETSPARK_COORDINATOR"]
+    executor = os.getppid()  # PySpark's daemon is a child of its executor's JVM
+    where = server_addresses(conf,
+                             driver_host=coordinator.rpartition(":")[0],
+                             executor_pid=executor,
+                             local_only=os.environ.get("NETSPARK_LOCAL_ONLY") == "1")
+    print(f"netspark: this executor's server advertises {where.advertise} ({where.why}), "
+          f"listening on {where.bind}", file=sys.stderr)
+    low, high = conf.port
     args = [sys.executable, "-m", "netspark.server", "--app-id", os.environ["NETSPARK_APP_ID"],
-            "--host", _advertised_host(), "--parent", str(os.getpid()),
-            "--coordinator", os.environ["NETSPARK_COORDINATOR"]]
-    for key, value in conf.items():
+            "--host", where.bind, "--advertise-host", where.advertise,
+            "--port", f"{low}-{high}", "--executor-id", executor_id(executor),
+            "--parent", str(os.getpid()), "--coordinator", coordinator]
+    for key, value in settings.items():
         args += ["--conf", f"{key}={value}"]
     server = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=sys.stderr, text=True)

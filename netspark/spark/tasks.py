@@ -22,8 +22,9 @@ from pyspark.core.rdd import portable_hash
 
 from netspark.config import NetsparkConf
 from netspark.server.worker import ExecutorLink, read_partition_batches
+from netspark.spark.coordinator import report_unreachable
 from netspark.spark.handles import BadHandle, Handle
-from netspark.transport.fetch import FetchRequest
+from netspark.transport.fetch import FetchFailed, FetchRequest
 from netspark.transport.protocol import MapAttempt
 
 BATCH_BYTES = 1 << 20  # aim for batches of about this many pickled bytes
@@ -156,7 +157,12 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         reading = 0.0  # in netspark's hands: waiting for data, checking, unpickling
         while True:
             start = time.perf_counter()
-            batch = next(batches, None)
+            try:
+                batch = next(batches, None)
+            except FetchFailed as err:
+                if err.unreachable is None:
+                    raise
+                raise PeerUnreachable(_unreachable_message(link, err)) from err
             reading += time.perf_counter() - start
             if batch is None:
                 break
@@ -169,6 +175,29 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         if fetcher.wait_seconds > 1:
             print(f"netspark: partition {split} of shuffle {shuffle} waited "
                   f"{fetcher.wait_seconds:.1f} s for data", file=sys.stderr)
+
+
+class PeerUnreachable(IOError):
+    """A map output's server cannot be reached; the driver was told (see coordinator)."""
+
+
+def _unreachable_message(link: ExecutorLink, err: FetchFailed) -> str:
+    """Reports the peer to the driver, which makes Spark recompute its outputs if the
+    driver cannot reach it either; says what happened and what to check."""
+    peer = err.unreachable
+    assert peer is not None
+    try:
+        verdict = report_unreachable(os.environ["NETSPARK_COORDINATOR"], secret=link.secret,
+                                     app_id=link.app_id, host=peer.host, port=peer.port,
+                                     error=str(err.__cause__ or err),
+                                     timeout=link.conf.network_connectTimeout)
+        outcome = verdict["message"]
+    except Exception as report_err:
+        outcome = f"the driver could not be told either ({report_err})"
+    return (f"netspark: the server at {peer} (from {link.address.host}) cannot be reached: "
+            f"{err}. {outcome}. Check that every host reaches every other one's "
+            f"spark.netspark.port and that spark.netspark.advertiseAddress (default: the "
+            f"executor's own address) names an interface the others can reach.")
 
 
 def round_robin(split: int, records: Iterable[Any], partitions: int) -> Iterator[tuple[int, Any]]:

@@ -79,17 +79,24 @@ class Landed:
 
 
 class FetchFailed(IOError):
-    """A fetch could not be completed."""
+    """A fetch could not be completed; `unreachable` is the peer, when the cause is that
+    it could not be reached (refused, reset, silent) after every retry."""
+
+    def __init__(self, message: str, unreachable: PeerAddress | None = None) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class Fetcher:
     """Fetches into blocks of `pool` on behalf of one reader."""
 
     def __init__(self, pool: BlockPool, conf: NetsparkConf, *, secret: bytes, app_id: str,
-                 arenas: dict[str, Arena] | None = None,
+                 arenas: dict[str, Arena] | None = None, local_address: str = "",
                  sleep: Callable[[float], None] = time.sleep) -> None:
         """`arenas`: peers' arenas mapped for short-circuit reads, kept by the caller
-        (records read in place may hold views of them after this fetcher closes)."""
+        (records read in place may hold views of them after this fetcher closes);
+        `local_address`: the address our server advertises (RDMA uses its device)."""
+        self.local_address = local_address
         self.pool = pool
         self.conf = conf
         self.secret = secret
@@ -145,12 +152,13 @@ class Fetcher:
         require()
         if self._rdma is None:
             device = open_device(self.conf.rdma_device, self.conf.rdma_port,
-                                 self.conf.rdma_gidIndex)
+                                 self.conf.rdma_gidIndex, self.local_address)
             self._rdma = device, arena_registrations(device, self.pool.arena, remote_read=False)
         device, local = self._rdma
         return RdmaPeer(peer.host, peer.port, secret=self.secret, app_id=self.app_id,
                         timeout=self.conf.network_timeout, device=device, local=local,
-                        naive=self.conf.rdma_naive)
+                        naive=self.conf.rdma_naive,
+                        connect_timeout=self.conf.network_connectTimeout)
 
     def _connection(self, peer: PeerAddress) -> Any:
         route = self._route(peer)
@@ -160,7 +168,8 @@ class Fetcher:
             else:
                 self._peers[peer] = TcpPeer(peer.host, peer.port, secret=self.secret,
                                             app_id=self.app_id,
-                                            timeout=self.conf.network_timeout)
+                                            timeout=self.conf.network_timeout,
+                                            connect_timeout=self.conf.network_connectTimeout)
         return self._peers[peer]
 
     def _drop(self, peer: PeerAddress) -> None:
@@ -186,6 +195,8 @@ class Fetcher:
         while True:
             try:
                 return self._try_fetch(req)
+            except FetchFailed:
+                raise
             except (RemoteError, AuthError) as err:
                 raise FetchFailed(f"fetching shuffle {req.shuffle} partition {req.reduce_id} "
                                   f"from {req.peer}: {err}") from err
@@ -198,14 +209,16 @@ class Fetcher:
                 self._retry_wait(req, err, attempt, retries)
             except (OSError, EOFError, ProtocolError) as err:
                 self._drop(req.peer)
-                self._retry_wait(req, err, attempt, retries)
+                self._retry_wait(req, err, attempt, retries, unreachable=isinstance(err, OSError))
             attempt += 1
 
-    def _retry_wait(self, req: FetchRequest, err: Exception, attempt: int, retries: int) -> None:
+    def _retry_wait(self, req: FetchRequest, err: Exception, attempt: int, retries: int,
+                    unreachable: bool = False) -> None:
         if attempt >= retries:
             raise FetchFailed(
                 f"fetching shuffle {req.shuffle} partition {req.reduce_id} from "
-                f"{req.peer} failed {retries + 1} times; last error: {err}") from err
+                f"{req.peer} failed {retries + 1} times; last error: {err}",
+                req.peer if unreachable else None) from err
         wait = self.conf.network_retryWait * 2 ** attempt
         log.warning("netspark: fetch from %s failed (%s); retry %d/%d in %.1f s",
                     req.peer, err, attempt + 1, retries, wait)

@@ -134,10 +134,11 @@ class TcpPeer:
     """An authenticated connection to one serving peer; one request at a time."""
 
     def __init__(self, host: str, port: int, *, secret: bytes, app_id: str,
-                 timeout: float) -> None:
+                 timeout: float, connect_timeout: float | None = None) -> None:
         self.name = f"{host}:{port}"
         self._ids = itertools.count(1)
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
+        self.sock.settimeout(timeout)
         try:
             tune(self.sock)
             client_handshake(self.sock, secret, app_id, timeout=timeout)

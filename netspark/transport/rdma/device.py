@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -60,13 +61,16 @@ class DeviceLimits:
 class Device:
     """An open RDMA device: context, protection domain, port and GID."""
 
-    def __init__(self, name: str = "", port: int = 1, gid_index: int = -1) -> None:
+    def __init__(self, name: str = "", port: int = 1, gid_index: int = -1,
+                 address: str = "") -> None:
+        """`address`: the IPv4 address this process's server advertises; unless `name`
+        and `gid_index` say otherwise, the device and GID are the ones that carry it."""
         require_built()
-        self.ctx, self.name = _open_context(name)
+        self.ctx, self.name = _open_context(name, port, address)
         try:
             self.port = port
             self.limits = self._query_limits()
-            self.gid_index, self.gid = self._choose_gid(gid_index)
+            self.gid_index, self.gid = self._choose_gid(gid_index, address)
             self.pd = lib.ibv_alloc_pd(self.ctx)
             if self.pd == ffi.NULL:
                 raise verbs_error(f"ibv_alloc_pd on {self.name}", ffi.errno)
@@ -99,8 +103,14 @@ class Device:
         return DeviceLimits(max_msg=attr.max_msg_sz, max_rd_atomic=max(1, rd),
                             max_qp_wr=dev.max_qp_wr, mtu=MTU_BYTES.get(attr.active_mtu, 1024))
 
-    def _choose_gid(self, wanted: int) -> tuple[int, bytes]:
+    def _choose_gid(self, wanted: int, address: str) -> tuple[int, bytes]:
         entry = ffi.new("struct ibv_gid_entry *")
+        if wanted < 0 and address:
+            index = _gid_index_of(self.ctx, self.port, address)
+            if index is not None:
+                return index, _IPV4_MAPPED + socket.inet_aton(address)
+            log.warning("netspark: %s port %d has no RoCE v2 GID for %s (the advertised "
+                        "address); using its first IPv4 GID", self.name, self.port, address)
         if wanted >= 0:
             if err := lib.ibv_query_gid_ex(self.ctx, self.port, wanted, entry, 0):
                 raise RdmaUnavailable(f"GID index {wanted} of {self.name}:{self.port} "
@@ -136,7 +146,24 @@ def _gid_text(gid: bytes) -> str:
     return ":".join(gid[i:i + 2].hex() for i in range(0, 16, 2))
 
 
-def _open_context(name: str) -> tuple[Any, str]:
+def _gid_index_of(ctx: Any, port: int, address: str) -> int | None:
+    """The index of the RoCE v2 GID of IPv4 `address` in a port's table, if it is there."""
+    try:
+        wanted = _IPV4_MAPPED + socket.inet_aton(address)
+    except OSError:
+        return None
+    entry = ffi.new("struct ibv_gid_entry *")
+    for index in range(256):
+        if lib.ibv_query_gid_ex(ctx, port, index, entry, 0):
+            continue
+        if entry.gid_type == lib.IBV_GID_TYPE_ROCE_V2 and bytes(ffi.buffer(entry.gid.raw)) \
+                == wanted:
+            return index
+    return None
+
+
+def _open_context(name: str, port: int = 1, address: str = "") -> tuple[Any, str]:
+    """The named device; unnamed, the one whose GIDs hold `address`, else the first."""
     count = ffi.new("int *")
     devices = lib.ibv_get_device_list(count)
     if devices == ffi.NULL:
@@ -151,26 +178,40 @@ def _open_context(name: str) -> tuple[Any, str]:
         if name and name not in names:
             raise RdmaUnavailable(f"RDMA device {name!r} (spark.netspark.rdma.device) not "
                                   f"found; this host has {', '.join(names)}")
-        chosen = names.index(name) if name else 0
-        ctx = lib.ibv_open_device(devices[chosen])
+        order = [names.index(name)] if name else list(range(len(names)))
+        for chosen in order:
+            ctx = lib.ibv_open_device(devices[chosen])
+            if ctx == ffi.NULL:
+                if name:
+                    raise RdmaUnavailable(f"cannot open RDMA device {names[chosen]}: "
+                                          f"{os.strerror(ffi.errno)}")
+                continue
+            if name or not address or _gid_index_of(ctx, port, address) is not None:
+                return ctx, names[chosen]
+            lib.ibv_close_device(ctx)
+        ctx = lib.ibv_open_device(devices[0])  # none carries the address: as before
         if ctx == ffi.NULL:
-            raise RdmaUnavailable(f"cannot open RDMA device {names[chosen]}: "
+            raise RdmaUnavailable(f"cannot open RDMA device {names[0]}: "
                                   f"{os.strerror(ffi.errno)}")
-        return ctx, names[chosen]
+        if address:
+            log.warning("netspark: no RDMA device has a GID for %s (the advertised address); "
+                        "using %s", address, names[0])
+        return ctx, names[0]
     finally:
         lib.ibv_free_device_list(devices)
 
 
-_devices: dict[tuple[int, str, int, int], Device] = {}
+_devices: dict[tuple[int, str, int, int, str], Device] = {}
 _devices_lock = threading.Lock()
 
 
-def open_device(name: str = "", port: int = 1, gid_index: int = -1) -> Device:
+def open_device(name: str = "", port: int = 1, gid_index: int = -1,
+                address: str = "") -> Device:
     """The process's Device for these settings, opened once (re-opened after a fork)."""
-    key = (os.getpid(), name, port, gid_index)
+    key = (os.getpid(), name, port, gid_index, address)
     with _devices_lock:
         if key not in _devices:
-            _devices[key] = Device(name, port, gid_index)
+            _devices[key] = Device(name, port, gid_index, address)
         return _devices[key]
 
 

@@ -65,14 +65,16 @@ class RdmaPeer:
     """A reader's connection to one serving peer: the TcpPeer interface, over RDMA."""
 
     def __init__(self, host: str, port: int, *, secret: bytes, app_id: str, timeout: float,
-                 device: Device, local: SlabRegistrations, naive: bool = False) -> None:
+                 device: Device, local: SlabRegistrations, naive: bool = False,
+                 connect_timeout: float | None = None) -> None:
         self.name = f"{host}:{port}"
         self.bounce = Bounce(device) if naive else None  # benchmarks only
         self.timeout = timeout
         self.local = local
         self.max_msg = device.limits.max_msg
         self._ids = itertools.count(1)
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
+        self.sock.settimeout(timeout)
         self.channel: Channel | None = None
         try:
             tune(self.sock)
