@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.netspark-ready
 
-.PHONY: setup demo test test-fast test-rxe lint bench bench-quick bench-buffers clean
+.PHONY: setup demo test test-fast test-rxe test-multihost lint bench bench-quick bench-buffers clean
 
 $(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*)
 	VENV=$(VENV) scripts/setup.sh
@@ -16,13 +16,17 @@ demo: $(READY)
 
 test: $(READY)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not rxe"
+	$(PY) -m pytest -q -m "not rxe and not multihost"
 
 test-fast: $(READY)
-	$(PY) -m pytest -q -m "not rxe and not slow"
+	$(PY) -m pytest -q -m "not rxe and not multihost and not slow"
 
 test-rxe: $(READY)
 	$(PY) -m pytest -q -m rxe tests/rxe
+
+# A Spark standalone cluster of three network-namespace hosts on a bridge (needs root).
+test-multihost: $(READY)
+	$(PY) -m pytest -q -m multihost tests/multihost
 
 lint: $(READY)
 	$(VENV)/bin/ruff check .
