@@ -16,7 +16,7 @@ import threading
 
 from netspark.config import ConfigError, NetsparkConf, parse_port_range
 from netspark.server.control import follow_coordinator
-from netspark.server.server import NoFreePort, ShuffleServer
+from netspark.server.server import ShuffleServer
 from netspark.transport.auth import AuthError
 
 
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         server = ShuffleServer(conf, secret=secret, app_id=args.app_id, host=args.host,
                                port=ports, advertise_host=args.advertise_host,
                                executor_id=args.executor_id).start()
-    except NoFreePort as err:
-        print(f"netspark.server: {err}", file=sys.stderr)
+    except Exception as err:  # the reason goes where the starter reads the address
+        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+        print(f"netspark.server: cannot start: {err}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             follow_coordinator(server, host, int(port), stop)
         except (OSError, ValueError, AuthError) as err:
-            print(f"netspark.server: cannot reach the coordinator {args.coordinator}: {err}",
-                  file=sys.stderr)
+            problem = f"cannot reach the driver's coordinator at {args.coordinator}: {err}"
+            print(json.dumps({"error": problem}), flush=True)
+            print(f"netspark.server: {problem}", file=sys.stderr)
             server.stop()
             return 1
     print(json.dumps({"address": vars(server.address), "local": server.local_name[1:],

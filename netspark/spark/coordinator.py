@@ -141,6 +141,12 @@ class Coordinator:
             done.set()
 
     @property
+    def lost(self) -> list[str]:
+        """The executors Spark was told are lost, in no order."""
+        with self._lock:
+            return list(self._lost)
+
+    @property
     def servers(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._servers.values())

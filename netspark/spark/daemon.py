@@ -47,6 +47,9 @@ def start_server() -> subprocess.Popen:
     if not line:
         raise RuntimeError(f"the server exited with status {server.wait()} (see stderr)")
     info = json.loads(line)
+    if "error" in info:
+        server.wait()
+        raise RuntimeError(info["error"])
     os.environ["NETSPARK_SERVER"] = info["local"]  # abstract name, without its NUL
     return server
 
