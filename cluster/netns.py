@@ -31,6 +31,7 @@ import pyspark
 
 SPARK_HOME = Path(pyspark.__file__).parent
 SUBNET = "10.213.7"  # a private /24 of the cluster's own; .1 is the driver's host
+NIC = "eth0"  # each host's interface on the bridge
 
 
 def unavailable() -> str | None:
@@ -125,15 +126,16 @@ class NetnsCluster:
             _run("ip", "link", "set", inner, "netns", host.name)
             _run("ip", "link", "set", host.veth, "master", self.bridge)
             _run("ip", "link", "set", host.veth, "up")
-            self.ns(host, "ip", "addr", "add", f"{host.address}/24", "dev", inner)
-            self.ns(host, "ip", "link", "set", inner, "up")
+            self.ns(host, "ip", "link", "set", inner, "name", NIC)  # the same on every host
+            self.ns(host, "ip", "addr", "add", f"{host.address}/24", "dev", NIC)
+            self.ns(host, "ip", "link", "set", NIC, "up")
             self.ns(host, "ip", "link", "set", "lo", "up")
             if self.link_rate:
                 self.limit_link(host, self.link_rate)
 
     def limit_link(self, host: Host, rate: str) -> None:
         """Caps the host's link both ways (each end's egress) with a token bucket."""
-        for prefix, dev in (((), host.veth), (("ip", "netns", "exec", host.name), f"{host.veth}i")):
+        for prefix, dev in (((), host.veth), (("ip", "netns", "exec", host.name), NIC)):
             _run(*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                  "burst", "4mb", "latency", "100ms")
 

@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from netspark.server.local_api import recv_json, send_json
 from netspark.transport.auth import client_handshake, server_handshake
@@ -28,6 +28,11 @@ from netspark.transport.auth import client_handshake, server_handshake
 log = logging.getLogger(__name__)
 
 OnLost = Callable[[str, str], None]  # (executor id, why): make Spark recompute its outputs
+
+
+class Joined(NamedTuple):
+    executor: str
+    unreachable: str | None  # why the driver could not reach the server when it joined
 
 
 class Coordinator:
@@ -41,7 +46,7 @@ class Coordinator:
         self._listener = socket.create_server((bind_host or host, 0))
         self.address = (host, self._listener.getsockname()[1])
         self._servers: dict[socket.socket, dict[str, Any]] = {}
-        self._executors: dict[tuple[str, int], str] = {}  # every server ever joined
+        self._executors: dict[tuple[str, int], Joined] = {}  # every server ever joined
         self._lost: dict[str, threading.Event] = {}  # executor -> handled
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -71,11 +76,18 @@ class Coordinator:
             conn.close()
             return
         address, executor = message["address"], str(message.get("executor", ""))
+        where = (address["host"], int(address["port"]))
+        problem = self._probe(*where)
         with self._lock:
             self._servers[conn] = {**address, "executor": executor}
-            self._executors[(address["host"], int(address["port"]))] = executor
-        log.info("netspark: executor server at %s:%s joined (executor %s)",
-                 address["host"], address["port"], executor or "?")
+            self._executors[where] = Joined(executor, problem)
+        log.info("netspark: executor server at %s:%s joined (executor %s)", *where,
+                 executor or "?")
+        if problem is not None:
+            log.warning("netspark: the driver cannot reach executor %s's server at %s:%s (%s); "
+                        "unless the executors share a network the driver is not on, other "
+                        "hosts cannot either: check spark.netspark.advertiseAddress", executor,
+                        *where, problem)
         self._follow(conn, executor)
 
     def _follow(self, conn: socket.socket, executor: str) -> None:
@@ -96,14 +108,20 @@ class Coordinator:
         """A reducer cannot reach a server: confirm, then make Spark recompute."""
         host, port = str(report["host"]), int(report["port"])
         with self._lock:
-            executor = self._executors.get((host, port))
-        if executor is None:
+            joined = self._executors.get((host, port))
+        if joined is None:
             return {"lost": False, "message": f"no netspark server at {host}:{port} ever "
                                               "joined this application"}
+        executor = joined.executor
+        if joined.unreachable is not None:  # then the driver's view tells nothing
+            return {"lost": False, "message": f"the driver could not reach executor "
+                                              f"{executor}'s server when it joined either "
+                                              f"({joined.unreachable})"}
         problem = self._probe(host, port)
         if problem is None:
-            return {"lost": False, "message": f"the driver reaches {host}:{port}: the "
-                                              "reporting host's own network is at fault"}
+            return {"lost": False, "message": f"the driver reaches executor {executor}'s "
+                                              f"server at {host}:{port}: the reporting "
+                                              "host's own network is at fault"}
         self.declare_lost(executor, f"its netspark server at {host}:{port} cannot be reached "
                                     f"(from a reducer: {report.get('error')}; from the driver: "
                                     f"{problem})")
