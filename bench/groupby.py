@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     values = "compressible" if args.compressible else "random (incompressible)"
     title = (f"GroupBy of {args.records:,} (int key, {args.value_bytes}-byte {values}) "
-             f"records, {args.partitions} partitions, {args.master}")
+             f"records, {args.partitions} partitions, {report.where(args)}")
     settings = {"spark.default.parallelism": str(args.partitions)}
     return report.run_benchmark("groupby", title, args, settings, run_mode)
 

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     title = (f"PageRank, {args.iterations} iterations, R-MAT scale {args.scale} "
              f"({1 << args.scale:,} vertices, {args.edge_factor << args.scale:,} edges), "
-             f"{args.partitions} partitions, {args.master}")
+             f"{args.partitions} partitions, {report.where(args)}")
     exact = exact_ranks(args)
 
     def agree(reference: dict[int, float], ranks: dict[int, float]) -> bool:

@@ -14,7 +14,8 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,40 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", action="store_true",
                         help="one untimed round first (JIT, page cache, Python imports)")
     parser.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT-*.png")
+    parser.add_argument("--hosts", type=int, default=0,
+                        help="run on a Spark standalone cluster of this many network-"
+                             "namespace hosts, one 1-core executor each (needs root; "
+                             "cluster/netns.py), instead of --master")
+    parser.add_argument("--link-rate", help="with --hosts: each host's link limited to this "
+                                            "rate both ways (tc tbf), e.g. 10gbit")
+    parser.add_argument("--executor-memory", default="2g", help="with --hosts")
+
+
+def where(args: argparse.Namespace) -> str:
+    """Where the benchmark runs, for its title."""
+    if not args.hosts:
+        return args.master
+    link = f", links limited to {args.link_rate}" if args.link_rate else ""
+    return f"a standalone cluster of {args.hosts} hosts (network namespaces){link}"
+
+
+@contextmanager
+def cluster(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str]]]:
+    """(master, its spark settings): the --hosts cluster, started for the whole run."""
+    if not args.hosts:
+        if args.link_rate:
+            raise SystemExit("--link-rate needs --hosts")
+        yield args.master, {}
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cluster.netns import NetnsCluster, unavailable
+
+    if why := unavailable():
+        raise SystemExit(f"--hosts: {why}")
+    with NetnsCluster(args.hosts, memory=args.executor_memory,
+                      link_rate=args.link_rate) as running:
+        settings = running.spark_settings()
+        yield settings.pop("spark.master"), settings
 
 
 def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dict[str, str],
@@ -52,11 +87,13 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
     reference: list[Any] = []
     rounds = [("warm-up", False)] * args.warmup + [(f"{r + 1}", True)
                                                     for r in range(args.rounds)]
-    with tqdm(total=len(rounds) * len(modes), unit="run", file=sys.stderr) as progress:
+    with tqdm(total=len(rounds) * len(modes), unit="run", file=sys.stderr) as progress, \
+            cluster(args) as (master, cluster_settings):
         for label, timed in rounds:
             for mode in modes:
                 progress.set_description(f"round {label}: {mode}")
-                with sparkrun.spark_context(mode, args.master, settings) as sc:
+                with sparkrun.spark_context(mode, master,
+                                            {**settings, **cluster_settings}) as sc:
                     startups[mode].append(sparkrun.startup_seconds(sc))
                     answer, jobs = run_mode(sc, args)
                 reference = reference or [answer]
