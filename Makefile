@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.netspark-ready
 
-.PHONY: setup demo test test-fast test-rxe test-multihost lint bench bench-quick bench-buffers clean
+.PHONY: setup demo test test-fast test-rxe test-multihost lint bench bench-quick bench-buffers \
+	bench-hosts clean
 
 $(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*)
 	VENV=$(VENV) scripts/setup.sh
@@ -43,6 +44,14 @@ bench-quick: $(READY)
 		--out docs/results/quick/groupby
 	$(PY) bench/pagerank.py --scale 14 --iterations 3 --partitions 8 --rounds 1 \
 		--modes spark,netspark-local --out docs/results/quick/pagerank
+
+# The same across two namespace hosts whose links are limited to 10 Gbit/s (needs root).
+bench-hosts: $(READY)
+	$(PY) bench/groupby.py --preset small --rounds 3 --warmup --modes spark,netspark-tcp,netspark-local \
+		--hosts 2 --link-rate 10gbit --out docs/results/hosts2/groupby-small
+	$(PY) bench/pagerank.py --scale 17 --edge-factor 8 --partitions 16 --rounds 2 \
+		--modes spark,netspark-tcp,netspark-local --hosts 2 --link-rate 10gbit \
+		--out docs/results/hosts2/pagerank
 
 bench-buffers: $(READY)
 	$(PY) bench/buffers.py --gib 1 --passes 5 --json docs/results/buffers.json
