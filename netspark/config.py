@@ -221,10 +221,17 @@ class NetsparkConf:
 
     def with_overrides(self, **overrides: str) -> NetsparkConf:
         """A copy with some keys replaced, given as raw strings (`buffer_poolSize="64m"`)."""
-        settings = {PREFIX + key.name: getattr(self, key.attr) for key in KEYS}
+        settings = {PREFIX + key.name: _text_of(getattr(self, key.attr)) for key in KEYS}
         for attr, value in overrides.items():
             settings[PREFIX + attr.replace("_", ".")] = value
         return NetsparkConf.from_spark({k: str(v) for k, v in settings.items()})
+
+
+def _text_of(value: Any) -> str:
+    """A parsed value as text its key's parser reads back."""
+    if isinstance(value, tuple):  # a port range
+        return "-".join(map(str, value))
+    return str(value)
 
 
 def example_file() -> str:
