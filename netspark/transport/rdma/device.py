@@ -80,7 +80,7 @@ class Device:
         self.pid = os.getpid()
         log.info("netspark: RDMA device %s port %d GID index %d (%s), MTU %d, max message "
                  "%d, %d reads in flight per peer", self.name, port, self.gid_index,
-                 _gid_text(self.gid), self.limits.mtu, self.limits.max_msg,
+                 gid_text(self.gid), self.limits.mtu, self.limits.max_msg,
                  self.limits.max_rd_atomic)
 
     def _query_limits(self) -> DeviceLimits:
@@ -108,14 +108,21 @@ class Device:
         if wanted < 0 and address:
             index = _gid_index_of(self.ctx, self.port, address)
             if index is not None:
-                return index, _IPV4_MAPPED + socket.inet_aton(address)
+                return index, _gid_of(address)
             log.warning("netspark: %s port %d has no RoCE v2 GID for %s (the advertised "
                         "address); using its first IPv4 GID", self.name, self.port, address)
         if wanted >= 0:
             if err := lib.ibv_query_gid_ex(self.ctx, self.port, wanted, entry, 0):
                 raise RdmaUnavailable(f"GID index {wanted} of {self.name}:{self.port} "
                                       f"is not usable: {os.strerror(abs(err))}")
-            return wanted, bytes(ffi.buffer(entry.gid.raw))
+            gid = bytes(ffi.buffer(entry.gid.raw))
+            if address and gid != _gid_of(address):
+                own = _gid_index_of(self.ctx, self.port, address)
+                log.warning("netspark: spark.netspark.rdma.gidIndex=%d is %s on %s, not the "
+                            "RoCE v2 GID of %s (the advertised address; %s): peers may not "
+                            "reach it", wanted, gid_text(gid), self.name, address,
+                            "not on this device" if own is None else f"that is index {own}")
+            return wanted, gid
         for index in range(256):
             if lib.ibv_query_gid_ex(self.ctx, self.port, index, entry, 0):
                 continue  # an empty slot of the table
@@ -142,15 +149,22 @@ class Device:
             self.ctx = None
 
 
-def _gid_text(gid: bytes) -> str:
+def gid_text(gid: bytes) -> str:
     return ":".join(gid[i:i + 2].hex() for i in range(0, 16, 2))
+
+
+def _gid_of(address: str) -> bytes | None:
+    """The RoCE v2 GID of an IPv4 address (IPv4-mapped), None if it is not one."""
+    try:
+        return _IPV4_MAPPED + socket.inet_aton(address)
+    except OSError:
+        return None
 
 
 def _gid_index_of(ctx: Any, port: int, address: str) -> int | None:
     """The index of the RoCE v2 GID of IPv4 `address` in a port's table, if it is there."""
-    try:
-        wanted = _IPV4_MAPPED + socket.inet_aton(address)
-    except OSError:
+    wanted = _gid_of(address)
+    if wanted is None:
         return None
     entry = ffi.new("struct ibv_gid_entry *")
     for index in range(256):

@@ -43,7 +43,13 @@ from netspark.transport.rdma.channel import (
     ReadOp,
     split_reads,
 )
-from netspark.transport.rdma.device import Device, QueuePair, SlabRegistrations, ffi
+from netspark.transport.rdma.device import (
+    Device,
+    QueuePair,
+    SlabRegistrations,
+    ffi,
+    gid_text,
+)
 from netspark.transport.rdma.errors import RdmaError, RdmaUnavailable
 from netspark.transport.rdma.naive import Bounce
 from netspark.transport.tcp import RemoteError, tune
@@ -86,8 +92,11 @@ class RdmaPeer:
                 raise
             ok = client_handshake(self.sock, secret, app_id, rdma=qp.endpoint(), timeout=timeout)
             if ok.rdma is None:
-                raise RdmaUnavailable(f"{self.name} does not offer RDMA (its server has no "
-                                      "RDMA device, or runs with transport=tcp)")
+                raise RdmaUnavailable(f"{self.name} does not offer RDMA to us: its server "
+                                      "has no RDMA device, runs with transport=tcp, or could "
+                                      "not connect a queue pair to ours (our device "
+                                      f"{device.name}, GID {gid_text(device.gid)}; its log "
+                                      "says which)")
             qp.connect(ok.rdma)
         except BaseException:
             self.abort()
@@ -239,7 +248,10 @@ class RdmaAcceptor:
             qp.connect(hello.rdma)
         except RdmaError as err:
             channel.close()
-            log.warning("netspark: no RDMA for %s, serving it over TCP: %s", self.peer, err)
+            dev = self.service.device
+            log.warning("netspark: no RDMA for %s (its GID %s; ours %s on %s, GID index %d), "
+                        "serving it over TCP: %s", self.peer, gid_text(hello.rdma.gid),
+                        gid_text(dev.gid), dev.name, dev.gid_index, err)
             return None
         self.channel = channel
         return qp.endpoint()
