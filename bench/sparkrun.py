@@ -71,6 +71,7 @@ class StageFigures:
     shuffle_read_bytes: int
     shuffle_write_bytes: int
     disk_spilled_bytes: int  # by PySpark's external merger/sorter, when over its memory
+    task_hosts: list[str] = field(default_factory=list)  # where each task ran
 
 
 @dataclass
@@ -146,7 +147,8 @@ def _stage(sc: SparkContext, stage_id: int, tasks_expected: int) -> StageFigures
         stage_id, stage["name"], max(ends) - min(starts), [t["duration"] / 1000 for t in ok],
         [t["taskMetrics"]["shuffleReadMetrics"]["fetchWaitTime"] / 1000 for t in ok],
         [t["taskMetrics"]["shuffleWriteMetrics"]["writeTime"] / 1e9 for t in ok],
-        stage["shuffleReadBytes"], stage["shuffleWriteBytes"], stage["diskBytesSpilled"])
+        stage["shuffleReadBytes"], stage["shuffleWriteBytes"], stage["diskBytesSpilled"],
+        [t["host"] for t in ok])
 
 
 def _epoch(stamp: str) -> float:
