@@ -11,7 +11,12 @@ import time
 import pytest
 
 from tests.multihost.conftest import cluster_context
-from tests.spark.test_faults import expected_sums, run_in_thread, slow_groupby
+from tests.spark.test_faults import (
+    expected_sums,
+    run_in_thread,
+    slow_groupby,
+    wait_for_reduce_stage,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -38,18 +43,6 @@ def host_processes(cluster, host, pattern: str) -> list[int]:
     return found
 
 
-def wait_for_reduce_tasks(sc, timeout=120):
-    """Until the reduce stage (the second) has tasks running."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for stage in sc.statusTracker().getActiveStageIds():
-            info = sc.statusTracker().getStageInfo(stage)
-            if info is not None and stage >= 1 and info.numActiveTasks > 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError("the reduce stage never started")
-
-
 def assert_nothing_left(cluster, app_id: str, seconds: float = 180) -> None:
     """No process of the application (executors, daemons, servers) on any host."""
     deadline = time.monotonic() + seconds
@@ -69,7 +62,7 @@ def strike_mid_reduce(cluster, strike, settings=None, *, wait=600):
     with cluster_context(cluster, **{**FAULT_SETTINGS, **(settings or {})}) as sc:
         app = sc.applicationId
         thread, box = run_in_thread(lambda: sorted(slow_groupby(sc, partitions=12).collect()))
-        wait_for_reduce_tasks(sc)
+        wait_for_reduce_stage(sc)
         strike(sc)
         struck = time.monotonic()
         thread.join(timeout=wait)
