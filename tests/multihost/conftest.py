@@ -2,6 +2,7 @@
 multi-host suite (`make test-multihost`); each test makes its own SparkContext."""
 
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 
@@ -27,6 +28,10 @@ def cluster():
         pytest.skip(f"no namespace cluster: {why}")
     with NetnsCluster(HOSTS) as running:
         yield running
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert running.tag not in left + links, f"the cluster left namespaces or links:\n{left}"
+    assert not running.workdir.exists()
 
 
 @contextmanager
