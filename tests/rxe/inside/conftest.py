@@ -49,7 +49,7 @@ def _make_pyverbs_importable() -> None:
 _make_pyverbs_importable()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)  # before any module's fixture makes links
 def _needs_rdma_device() -> None:
     if rdma_devices():
         return
