@@ -43,6 +43,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link-rate", help="with --hosts: each host's link limited to this "
                                             "rate both ways (tc tbf), e.g. 10gbit")
     parser.add_argument("--executor-memory", default="2g", help="with --hosts")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting for every mode (repeatable)")
+
+
+def extra_settings(args: argparse.Namespace) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in args.conf]
+    if any(len(pair) != 2 or not pair[0].startswith("spark.") for pair in pairs):
+        raise SystemExit("--conf takes spark.KEY=VALUE")
+    return dict(pairs)
 
 
 def where(args: argparse.Namespace) -> str:
@@ -92,8 +101,8 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
         for label, timed in rounds:
             for mode in modes:
                 progress.set_description(f"round {label}: {mode}")
-                with sparkrun.spark_context(mode, master,
-                                            {**settings, **cluster_settings}) as sc:
+                with sparkrun.spark_context(mode, master, {**settings, **cluster_settings,
+                                                           **extra_settings(args)}) as sc:
                     startups[mode].append(sparkrun.startup_seconds(sc))
                     answer, jobs = run_mode(sc, args)
                 reference = reference or [answer]
