@@ -1,0 +1,114 @@
+"""A Spark standalone cluster on the VM's two rxe "hosts" (tests/rxe/inside/hosts.py).
+
+The master runs on hostA's address; one Worker per host binds to that host's address
+(`--host`, `SPARK_LOCAL_IP`), so Spark gives each executor that address as its
+`--hostname`, which its netspark server advertises and picks its RDMA device by.
+Everything is in the guest's root namespace (rxe on 6.1 works only there); the hosts
+are told apart by their addresses. `stop()` kills every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyspark
+
+from tests.rxe.inside.hosts import Host
+
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class StandaloneCluster:
+    def __init__(self, master_host: Host, workers: tuple[Host, ...], *,
+                 worker_memory: str = "768m") -> None:
+        self.master_host = master_host
+        self.workers = workers
+        self.worker_memory = worker_memory
+        self.workdir = Path(tempfile.mkdtemp(prefix="rxe-standalone-"))
+        self.procs: list[subprocess.Popen] = []
+        self.port = self.ui_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"spark://{self.master_host.address}:{self.port}"
+
+    def work_dir(self, host: Host) -> Path:
+        """Where this host's Worker puts its executors' stdout and stderr."""
+        return self.workdir / host.device / "work"
+
+    def start(self, timeout: float) -> StandaloneCluster:
+        try:
+            address = self.master_host.address
+            self.port, self.ui_port = _free_port(address), _free_port(address)
+            self._spawn("master", address, "org.apache.spark.deploy.master.Master",
+                        "--host", address, "--port", str(self.port),
+                        "--webui-port", str(self.ui_port))
+            for host in self.workers:
+                self.work_dir(host).mkdir(parents=True)
+                self._spawn(f"worker-{host.device}", host.address,
+                            "org.apache.spark.deploy.worker.Worker", "--host", host.address,
+                            "--cores", "1", "--memory", self.worker_memory,
+                            "--work-dir", str(self.work_dir(host)), self.url)
+            self._wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, role: str, address: str, main_class: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"}
+        env.update({"SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable,
+                    "SPARK_NO_DAEMONIZE": "1", "SPARK_LOCAL_IP": address,
+                    "SPARK_DAEMON_MEMORY": "192m"})
+        with open(self.workdir / f"{role}.log", "wb") as log:
+            self.procs.append(subprocess.Popen(
+                [str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True))
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.master_host.address}:{self.ui_port}/json/"
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a cluster process exited early:\n{self.logs()}")
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(url, timeout=10) as answer:
+                    alive = [w["host"] for w in json.load(answer)["workers"]
+                             if w["state"] == "ALIVE"]
+                if sorted(alive) == sorted(h.address for h in self.workers):
+                    return
+            time.sleep(1)
+        raise RuntimeError(f"the workers did not register in {timeout:.0f} s:\n{self.logs()}")
+
+    def executor_logs(self, host: Host) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.work_dir(host).glob("app-*/*/stderr")))
+
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+                         for p in sorted(self.workdir.glob("*.log")))
+
+    def stop(self) -> None:
+        for proc in self.procs:  # each a session: the Worker's executors go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
