@@ -81,25 +81,35 @@ def _sysctl(name: str, value: str) -> None:
     Path("/proc/sys", *name.split(".")).write_text(value + "\n")
 
 
+def _configure() -> None:
+    for host in (A, B):
+        _run("ip", "addr", "add", f"{host.address}/{PREFIX}", "dev", host.netdev)
+        _sysctl(f"net.ipv4.conf.{host.netdev}.accept_local", "1")
+        _sysctl(f"net.ipv4.conf.{host.netdev}.rp_filter", "0")
+    _sysctl("net.ipv4.conf.all.rp_filter", "0")  # the stricter of all and the device wins
+    # A read answer is many packets at once; under TCG the receiving end drains
+    # its backlog slowly, and the default 1000 drops bursts (RC then retransmits).
+    _sysctl("net.core.netdev_max_backlog", "20000")
+    # Address, then rxe, then link up (on 6.1 an rxe added to a link that is
+    # already up leaves its port DOWN).
+    for host in (A, B):
+        _run("rdma", "link", "add", host.device, "type", "rxe", "netdev", host.netdev)
+    for host in (A, B):
+        _run("ip", "link", "set", host.netdev, "up")
+
+
 def bring_up(timeout: float = 30) -> tuple[Host, Host]:
     """Make the pair (once per boot; again is a no-op) and wait for both ports to be
     ACTIVE with their addresses' GIDs in place."""
+    if not SYSFS_IB.is_dir():  # never touch the links of a machine without RDMA
+        raise RuntimeError(f"no {SYSFS_IB}: the two rxe hosts are made inside the VM only")
     if not (SYSFS_IB / A.device).exists():
         _run("ip", "link", "add", A.netdev, "type", "veth", "peer", "name", B.netdev)
-        for host in (A, B):
-            _run("ip", "addr", "add", f"{host.address}/{PREFIX}", "dev", host.netdev)
-            _sysctl(f"net.ipv4.conf.{host.netdev}.accept_local", "1")
-            _sysctl(f"net.ipv4.conf.{host.netdev}.rp_filter", "0")
-        _sysctl("net.ipv4.conf.all.rp_filter", "0")  # the stricter of all and the device wins
-        # A read answer is many packets at once; under TCG the receiving end drains
-        # its backlog slowly, and the default 1000 drops bursts (RC then retransmits).
-        _sysctl("net.core.netdev_max_backlog", "20000")
-        # Address, then rxe, then link up (on 6.1 an rxe added to a link that is
-        # already up leaves its port DOWN).
-        for host in (A, B):
-            _run("rdma", "link", "add", host.device, "type", "rxe", "netdev", host.netdev)
-        for host in (A, B):
-            _run("ip", "link", "set", host.netdev, "up")
+        try:
+            _configure()
+        except BaseException:
+            subprocess.run(["ip", "link", "del", A.netdev], capture_output=True, check=False)
+            raise
     deadline = time.monotonic() + timeout
     for host in (A, B):
         state = SYSFS_IB / host.device / "ports" / "1" / "state"
