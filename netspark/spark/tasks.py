@@ -162,7 +162,7 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
             except FetchFailed as err:
                 if err.unreachable is None:
                     raise
-                raise PeerUnreachable(_unreachable_message(link, err)) from err
+                raise ServerUnreachable(_unreachable_message(link, err)) from err
             reading += time.perf_counter() - start
             if batch is None:
                 break
@@ -177,7 +177,7 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
                   f"{fetcher.wait_seconds:.1f} s for data", file=sys.stderr)
 
 
-class PeerUnreachable(IOError):
+class ServerUnreachable(IOError):
     """A map output's server cannot be reached; the driver was told (see coordinator)."""
 
 
