@@ -6,6 +6,7 @@ import pytest
 
 from tests.multihost.conftest import HOSTS, cluster_context
 from tests.spark.operations import OPERATIONS
+from tests.spark.test_correctness import run
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -14,13 +15,6 @@ MODES = {
     "netspark-local": {"netspark.enabled": "true"},
     "netspark-tcp": {"netspark.enabled": "true", "netspark.localShortCircuit": "false"},
 }
-
-
-def run(fn, sc):
-    try:
-        return fn(sc)
-    except Exception as err:  # recorded, so one failure does not hide the others
-        return f"raised {type(err).__name__}: {str(err)[:2000]}"
 
 
 @pytest.fixture(scope="module")
