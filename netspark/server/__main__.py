@@ -25,8 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description="Run one executor's netspark server.")
     parser.add_argument("--app-id", required=True, help="the Spark application id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", default="0",
-                        help="TCP port, or a range LOW-HIGH (0: any free one)")
+    parser.add_argument("--port", help="TCP port, or a range LOW-HIGH (0: any free one; "
+                                       "default: spark.netspark.port)")
     parser.add_argument("--advertise-host", help="address peers should use (default: --host)")
     parser.add_argument("--secret-env", default="NETSPARK_SECRET",
                         help="environment variable holding the shared secret")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = dict(item.split("=", 1) for item in args.conf)
         conf = NetsparkConf.from_spark(settings)
-        ports = parse_port_range(args.port)
+        ports = conf.port if args.port is None else parse_port_range(args.port)
     except (ConfigError, ValueError) as err:
         print(f"netspark.server: {err}", file=sys.stderr)
         return 2

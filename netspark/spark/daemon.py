@@ -33,10 +33,9 @@ def start_server() -> subprocess.Popen:
                              local_only=os.environ.get("NETSPARK_LOCAL_ONLY") == "1")
     print(f"netspark: this executor's server advertises {where.advertise} ({where.why}), "
           f"listening on {where.bind}", file=sys.stderr)
-    low, high = conf.port
     args = [sys.executable, "-m", "netspark.server", "--app-id", os.environ["NETSPARK_APP_ID"],
             "--host", where.bind, "--advertise-host", where.advertise,
-            "--port", f"{low}-{high}", "--executor-id", executor_id(executor),
+            "--executor-id", executor_id(executor),
             "--parent", str(os.getpid()), "--coordinator", coordinator]
     for key, value in settings.items():
         args += ["--conf", f"{key}={value}"]

@@ -6,15 +6,9 @@ import pytest
 
 from tests.multihost.conftest import HOSTS, cluster_context
 from tests.spark.operations import OPERATIONS
-from tests.spark.test_correctness import run
+from tests.spark.test_correctness import MODES, run
 
 pytestmark = pytest.mark.timeout(1500)
-
-MODES = {
-    "spark": {},
-    "netspark-local": {"netspark.enabled": "true"},
-    "netspark-tcp": {"netspark.enabled": "true", "netspark.localShortCircuit": "false"},
-}
 
 
 @pytest.fixture(scope="module")
