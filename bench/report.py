@@ -83,7 +83,10 @@ def cluster(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str]]]:
 
 def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dict[str, str],
                   run_mode: RunMode, agree: Callable[[Any, Any], bool] = lambda a, b: a == b,
+                  extra: tuple[Callable[[dict[str, Any]], str],
+                               Callable[[dict[str, Any], Path], list[Path]]] | None = None,
                   ) -> int:
+    """`extra`: a benchmark's own (table, plots) from the result, beside the common ones."""
     modes, skipped = sparkrun.choose_modes(args.modes.split(","))
     if "spark" not in modes:
         raise SystemExit("the modes must include spark: every figure is a ratio to it")
@@ -119,10 +122,10 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
               "machine": sparkrun.machine(), "when": time.strftime("%Y-%m-%d %H:%M"),
               "skipped": skipped, "summary": summary,
               "runs": {m: [[asdict(j) for j in jobs] for jobs in r] for m, r in runs.items()}}
-    table = markdown(result)
+    table = markdown(result) + ("\n" + extra[0](result) if extra else "")
     print("\nanswers: every mode agrees with Spark's shuffle\n" + table)
     if args.out:
-        write(result, table, args.out)
+        write(result, table, args.out, extra[1] if extra else None)
     return 0
 
 
@@ -234,12 +237,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"Fetches by route: {routes}.{skipped}\n")
 
 
-def write(result: dict[str, Any], table: str, out: Path) -> None:
+def write(result: dict[str, Any], table: str, out: Path,
+          draw: Callable[[dict[str, Any], Path], list[Path]] | None = None) -> None:
     import plots
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    images = plots.draw(result, out)
+    images = plots.draw(result, out) + (draw(result, out) if draw else [])
     links = "".join(f"\n![{p.stem}]({p.name})" for p in images)
     m = result["machine"]
     out.with_suffix(".md").write_text(
