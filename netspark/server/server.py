@@ -72,6 +72,7 @@ class ShuffleServer:
         self._fetcher: Fetcher | None = None  # for workers that ask us to fetch
         self._fetch_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._connections: set[socket.socket] = set()  # accepted, still open
         self._stopped = threading.Event()
         try:
             self._tcp = listen_in_range(host, port)
@@ -146,7 +147,15 @@ class ShuffleServer:
                 conn, _ = listener.accept()
             except OSError:
                 return  # the listener was closed: stopping
-            threading.Thread(target=handler, args=(conn,), name=name, daemon=True).start()
+            self._connections.add(conn)
+            threading.Thread(target=self._handle, args=(handler, conn), name=name,
+                             daemon=True).start()
+
+    def _handle(self, handler: Callable[[socket.socket], None], conn: socket.socket) -> None:
+        try:
+            handler(conn)
+        finally:
+            self._connections.discard(conn)
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -156,6 +165,9 @@ class ShuffleServer:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        for conn in list(self._connections):  # peers keep theirs open between tasks
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
         if self.rdma is not None:

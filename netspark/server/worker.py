@@ -19,6 +19,7 @@ from netspark.serde import BlockInputStream, BlockOutputStream, Extent
 from netspark.serde.records import read_batches, write_batch
 from netspark.server.local_api import ServerClient
 from netspark.transport.fetch import Fetcher, FetchRequest, Landed, PeerAddress
+from netspark.transport.peers import PeerConnections
 
 
 class ExecutorLink:
@@ -39,13 +40,16 @@ class ExecutorLink:
                               acquire_timeout=conf.buffer_acquireTimeout)
         self.pid = os.getpid()
         self.peer_arenas: dict[str, Arena] = {}  # mapped for short-circuit reads
+        # routes and connections to peers, kept from task to task
+        self.peers = PeerConnections(self.arena, conf, secret=secret, app_id=app_id,
+                                     local_address=self.address.host, arenas=self.peer_arenas)
 
     def writer(self, shuffle: int, map_id: int, attempt: int) -> MapOutputWriter:
         return MapOutputWriter(self, shuffle, map_id, attempt)
 
     def fetcher(self) -> Fetcher:
         return Fetcher(self.pool, self.conf, secret=self.secret, app_id=self.app_id,
-                       arenas=self.peer_arenas, local_address=self.address.host)
+                       peers=self.peers)
 
     def fetch_via_server(self, requests: list[FetchRequest]) -> list[Landed]:
         """Asks the executor's server to fetch (it holds the RDMA queue pairs); what it
@@ -73,6 +77,7 @@ class ExecutorLink:
         return self.client.call("stats")
 
     def close(self) -> None:
+        self.peers.close()
         self.pool.close()
         self.client.close()
         for arena in self.peer_arenas.values():

@@ -145,11 +145,11 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         size = 0
         for h in server_handles:  # requests of about half the in-flight cap each
             if maps and size + h.size > chunk:
-                requests.append(FetchRequest(server, shuffle, split, tuple(maps)))
+                requests.append(FetchRequest(server, shuffle, split, tuple(maps), size))
                 maps, size = [], 0
             maps.append(MapAttempt(h.map_id, h.attempt))
             size += h.size
-        requests.append(FetchRequest(server, shuffle, split, tuple(maps)))
+        requests.append(FetchRequest(server, shuffle, split, tuple(maps), size))
     fetcher = link.fetcher()
     try:
         batches = read_partition_batches(fetcher, requests,

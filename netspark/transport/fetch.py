@@ -1,49 +1,45 @@
 """Fetching committed map outputs into this process, over the best transport a peer allows.
 
-For each peer the choice is made once and logged with its reason: `local` (same
-host: ask the peer which extents, then read them in place from its arena, no
-copy), `rdma` (RDMA-READ them into blocks leased from our own arena, which this
-process registers slab by slab), or `tcp` (stream them into such blocks).
-Under `transport=auto` an RDMA failure moves that peer to TCP (logged once);
-under `transport=rdma` it fails the fetch with the reason.
+The route to each peer is chosen once per process (`peers.PeerConnections`):
+`local` (same host: ask the peer which extents, then read them in place from its
+arena, no copy), `rdma` (RDMA-READ them into blocks leased from our own arena,
+which this process registers slab by slab), or `tcp` (stream them into such
+blocks). Under `transport=auto` an RDMA failure moves that peer to TCP (logged
+once); under `transport=rdma` it fails the fetch with the reason.
 
 `Fetcher.fetch_all` runs the fetches on a background thread so that the next
 extents arrive while the caller deserializes the current ones, holding at most
-`reducer.maxBytesInFlight` of landed-but-unread blocks. Transient failures
-(connection lost, timeout) are retried with backoff; a refusal is not.
+`reducer.maxBytesInFlight` of landed-but-unread blocks. It keeps one request on
+the wire ahead of the one it is receiving, and over TCP a request small enough
+to sit in the socket's buffers asks for its data at once (FETCH_READ_REQ: the
+extents and their bytes in one round trip, instead of FETCH_REQ then READ_REQ).
+Transient failures (connection lost, timeout) are retried with backoff; a
+refusal is not.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from netspark.buffer_manager import Arena, ArenaError, BlockPool
+from netspark.buffer_manager import Arena, BlockPool
 from netspark.config import NetsparkConf
 from netspark.serde import Extent
 from netspark.transport import protocol
 from netspark.transport.auth import AuthError
+from netspark.transport.peers import PeerConnections, RouteRefused, host_key
 from netspark.transport.protocol import MapAttempt, ProtocolError
-from netspark.transport.rdma import RdmaError, RdmaUnavailable, RemoteAccessError
+from netspark.transport.rdma import RdmaError, RemoteAccessError
 from netspark.transport.tcp import RemoteError, TcpPeer
 
 log = logging.getLogger(__name__)
-
-
-@cache
-def host_key() -> str:
-    """Identifies this host and network namespace: equal keys can share memory."""
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        boot = f.read().strip()
-    return f"{boot}/{os.stat('/proc/self/ns/net').st_ino}"
+__all__ = ["FetchFailed", "FetchRequest", "Fetcher", "Landed", "PeerAddress", "host_key"]
 
 
 @dataclass(frozen=True)
@@ -61,10 +57,14 @@ class PeerAddress:
 
 @dataclass(frozen=True)
 class FetchRequest:
+    """`size`: the bytes the handles promise (0: not known), which lets a small request
+    ask for its data with the extents."""
+
     peer: PeerAddress
     shuffle: int
     reduce_id: int
     maps: tuple[MapAttempt, ...]
+    size: int = 0
 
 
 @dataclass
@@ -87,114 +87,86 @@ class FetchFailed(IOError):
         self.unreachable = unreachable
 
 
+@dataclass
+class _Sent:
+    """A request on the wire: its connection, its id (None: nothing sent yet, as RDMA's
+    two steps go together) and whether its data follows the extents."""
+
+    conn: Any
+    request_id: int | None
+    with_data: bool
+
+
 class Fetcher:
     """Fetches into blocks of `pool` on behalf of one reader."""
 
     def __init__(self, pool: BlockPool, conf: NetsparkConf, *, secret: bytes, app_id: str,
-                 arenas: dict[str, Arena] | None = None, local_address: str = "",
+                 peers: PeerConnections | None = None, local_address: str = "",
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        """`arenas`: peers' arenas mapped for short-circuit reads, kept by the caller
-        (records read in place may hold views of them after this fetcher closes);
+        """`peers`: the process's routes and idle connections, kept by the caller
+        across fetchers (default: this fetcher's own, closed with it);
         `local_address`: the address our server advertises (RDMA uses its device)."""
-        self.local_address = local_address
         self.pool = pool
         self.conf = conf
-        self.secret = secret
-        self.app_id = app_id
+        self._own_peers = peers is None
+        self.peers = peers or PeerConnections(pool.arena, conf, secret=secret, app_id=app_id,
+                                              local_address=local_address)
         self._sleep = sleep
-        self._peers: dict[PeerAddress, Any] = {}  # TcpPeer or RdmaPeer
-        self._own_arenas = arenas is None
-        self._arenas: dict[str, Arena] = {} if arenas is None else arenas
-        self._routes: dict[PeerAddress, str] = {}
+        self._leased: dict[PeerAddress, Any] = {}  # TcpPeer or RdmaPeer, ours until close
+        self._used: dict[PeerAddress, str] = {}  # the route each peer was fetched over
         self._cap_blocks = max(1, conf.reducer_maxBytesInFlight // pool.block_size)
         self._held = 0
         self._held_changed = threading.Condition()
         self._stop = threading.Event()
-        self._rdma: Any = None  # (device, this process's registrations of our arena)
         self.wait_seconds = 0.0  # time the consumer waited for data
 
-    # ---- choosing a route, once per peer ----
+    def route_of(self, peer: PeerAddress) -> str:
+        """The route this fetcher took to `peer`."""
+        return self._used[peer]
 
     def _route(self, peer: PeerAddress) -> str:
-        if peer not in self._routes:
-            route, why = self._choose(peer)
-            log.info("netspark: fetching from %s over %s (%s)", peer, route, why)
-            self._routes[peer] = route
-        return self._routes[peer]
-
-    def _choose(self, peer: PeerAddress) -> tuple[str, str]:
-        if not self.conf.localShortCircuit:
-            why = "spark.netspark.localShortCircuit=false"
-        elif peer.host_key != host_key():
-            why = "a different host"
-        else:
-            try:
-                self._arenas[peer.arena_path] = Arena.attach(peer.arena_path)
-                return "local", "same host: reading its arena in place"
-            except ArenaError as err:
-                why = f"same host, but its arena cannot be mapped: {err}"
-        if self.conf.transport == "tcp":
-            return "tcp", f"{why}; spark.netspark.transport=tcp"
         try:
-            self._peers[peer] = self._rdma_peer(peer)
-        except (RdmaUnavailable, RdmaError) as err:
-            if self.conf.transport == "rdma":
-                raise FetchFailed(f"spark.netspark.transport=rdma, but RDMA to {peer} is not "
-                                  f"possible: {err}") from err
-            return "tcp", f"{why}; RDMA not possible: {err}"
-        return "rdma", f"{why}; RDMA device {self._rdma[0].name}"
-
-    def _rdma_peer(self, peer: PeerAddress) -> Any:
-        from netspark.transport.rdma import require
-        from netspark.transport.rdma.device import open_device
-        from netspark.transport.rdma.peer import RdmaPeer, arena_registrations
-
-        require()
-        if self._rdma is None:
-            device = open_device(self.conf.rdma_device, self.conf.rdma_port,
-                                 self.conf.rdma_gidIndex, self.local_address)
-            self._rdma = device, arena_registrations(device, self.pool.arena, remote_read=False)
-        device, local = self._rdma
-        return RdmaPeer(peer.host, peer.port, secret=self.secret, app_id=self.app_id,
-                        timeout=self.conf.network_timeout, device=device, local=local,
-                        naive=self.conf.rdma_naive,
-                        connect_timeout=self.conf.network_connectTimeout)
+            route = self.peers.route(peer)
+        except RouteRefused as err:
+            raise FetchFailed(str(err)) from err
+        self._used[peer] = route
+        return route
 
     def _connection(self, peer: PeerAddress) -> Any:
-        route = self._route(peer)
-        if peer not in self._peers:
-            if route == "rdma":
-                self._peers[peer] = self._rdma_peer(peer)
-            else:
-                self._peers[peer] = TcpPeer(peer.host, peer.port, secret=self.secret,
-                                            app_id=self.app_id,
-                                            timeout=self.conf.network_timeout,
-                                            connect_timeout=self.conf.network_connectTimeout)
-        return self._peers[peer]
+        self._route(peer)
+        if peer not in self._leased:
+            self._leased[peer] = self.peers.lease(peer)
+        return self._leased[peer]
 
     def _drop(self, peer: PeerAddress) -> None:
-        conn = self._peers.pop(peer, None)
+        conn = self._leased.pop(peer, None)
         if conn is not None:
-            getattr(conn, "abort", conn.sock.close)()
+            conn.abort()
+
+    def _give_back(self) -> None:
+        for peer, conn in self._leased.items():
+            self.peers.give_back(peer, conn)
+        self._leased.clear()
 
     def _rdma_failed(self, peer: PeerAddress, err: RdmaError) -> bool:
         """Moves `peer` to TCP after an RDMA failure under transport=auto (logged once)."""
         self._drop(peer)
-        if self.conf.transport != "auto" or self._routes.get(peer) != "rdma":
-            return False
-        self._routes[peer] = "tcp"
-        log.warning("netspark: RDMA to %s failed (%s); falling back to TCP for this peer",
-                    peer, err)
-        return True
+        return self.peers.rdma_failed(peer, err)
 
     # ---- one request ----
 
-    def fetch_one(self, req: FetchRequest) -> Landed:
+    def fetch_one(self, req: FetchRequest, sent: _Sent | Exception | None = None) -> Landed:
+        """`sent`: a first attempt already on the wire (or how sending it failed)."""
         retries = self.conf.network_maxRetries
         attempt = 0
         while True:
+            first, sent = sent, None
+            if isinstance(first, _Sent) and self._leased.get(req.peer) is not first.conn:
+                first = None  # its connection failed under the request before: send again
             try:
-                return self._try_fetch(req)
+                if isinstance(first, Exception):
+                    raise first
+                return self._receive(req, first or self._send(req))
             except FetchFailed:
                 raise
             except (RemoteError, AuthError) as err:
@@ -224,18 +196,32 @@ class Fetcher:
                     req.peer, err, attempt + 1, retries, wait)
         self._sleep(wait)
 
-    def _try_fetch(self, req: FetchRequest) -> Landed:
+    def _send(self, req: FetchRequest) -> _Sent:
         conn = self._connection(req.peer)
-        advertised = conn.advertise(req.shuffle, req.reduce_id, req.maps)
+        if not isinstance(conn, TcpPeer):  # RDMA: advertise and READ go together
+            return _Sent(conn, None, False)
+        with_data = (self._route(req.peer) == "tcp" and 0 < req.size <= conn.push_limit)
+        return _Sent(conn, conn.request(req.shuffle, req.reduce_id, req.maps,
+                                        with_data=with_data), with_data)
+
+    def _receive(self, req: FetchRequest, sent: _Sent) -> Landed:
+        conn = sent.conn
+        if sent.request_id is None:
+            advertised = conn.advertise(req.shuffle, req.reduce_id, req.maps)
+        else:
+            advertised = conn.advertised(sent.request_id)
         route = self._route(req.peer)
         spilled = any(e.block_id & protocol.SPILLED_BLOCK_FLAG for e in advertised)
         if route == "local" and not spilled:  # spilled extents come over TCP
-            arena = self._arenas[req.peer.arena_path]
+            arena = self.peers.peer_arena(req.peer.arena_path)
             extents = [Extent(e.block_id, e.offset, e.length, e.crc) for e in advertised]
             return Landed(req, arena, extents, lambda block: None, "local")
         blocks, extents, targets = self._land(advertised)
         try:
-            conn.read_into(req.shuffle, advertised, targets)
+            if sent.with_data:
+                conn.receive_data(sent.request_id, targets)
+            else:
+                conn.read_into(req.shuffle, advertised, targets)
         except BaseException:
             for block in blocks:
                 self._release(block)
@@ -275,9 +261,9 @@ class Fetcher:
             self._held += blocks
 
     def routes(self) -> dict[str, int]:
-        """How many peers went over each route ("local", "tcp", "rdma")."""
+        """How many peers this fetcher reached over each route ("local", "tcp", "rdma")."""
         counts: dict[str, int] = {}
-        for route in self._routes.values():
+        for route in self._used.values():
             counts[route] = counts.get(route, 0) + 1
         return counts
 
@@ -300,18 +286,8 @@ class Fetcher:
         ready: queue.Queue[Landed | BaseException | None] = queue.Queue()
         stop = self._stop
         stop.clear()
-
-        def run() -> None:
-            try:
-                for req in requests:
-                    if stop.is_set():
-                        return
-                    ready.put(self.fetch_one(req))
-                ready.put(None)
-            except BaseException as err:  # handed to the consumer, raised there
-                ready.put(err)
-
-        worker = threading.Thread(target=run, name="netspark-fetch", daemon=True)
+        worker = threading.Thread(target=self._fetch_ahead, args=(requests, ready, stop),
+                                  name="netspark-fetch", daemon=True)
         worker.start()
         try:
             while True:
@@ -327,9 +303,10 @@ class Fetcher:
             stop.set()
             with self._held_changed:  # wake a fetch waiting for room
                 self._held_changed.notify_all()
-            if worker.is_alive():  # and one waiting on the network
-                for conn in list(self._peers.values()):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+            if worker.is_alive():  # and one waiting on the network: its connection
+                for peer in list(self._leased):  # may be mid-request, never reused
+                    self._leased[peer].sock.shutdown(socket.SHUT_RDWR)
+                    self._drop(peer)
             while worker.is_alive() or not ready.empty():
                 try:
                     item = ready.get(timeout=0.05)
@@ -339,14 +316,46 @@ class Fetcher:
                     for block in {e.block_id for e in item.extents}:
                         item.release(block)
 
+    def _fetch_ahead(self, requests: Iterable[FetchRequest],
+                     ready: queue.Queue[Landed | BaseException | None],
+                     stop: threading.Event) -> None:
+        """The fetch thread: sends each request before it receives the one before it,
+        so that a peer works on the next while this side lands the current one."""
+        try:
+            pending: tuple[FetchRequest, _Sent | Exception] | None = None
+            for req in requests:
+                if stop.is_set():
+                    return
+                if pending is not None and not self._may_send_ahead(*pending, req):
+                    ready.put(self.fetch_one(*pending))
+                    pending = None
+                try:
+                    sent: _Sent | Exception = self._send(req)
+                except Exception as err:  # fetch_one's first attempt, when its turn comes
+                    sent = err
+                if pending is not None:
+                    ready.put(self.fetch_one(*pending))
+                pending = req, sent
+            if pending is not None:
+                ready.put(self.fetch_one(*pending))
+            ready.put(None)
+        except BaseException as err:  # handed to the consumer, raised there
+            ready.put(err)
+        finally:
+            if not stop.is_set():
+                self._give_back()
+
+    @staticmethod
+    def _may_send_ahead(previous: FetchRequest, sent: _Sent | Exception,
+                        req: FetchRequest) -> bool:
+        """A connection carries one request at a time, except after one whose answer
+        comes all at once (its data with its extents): a READ_REQ sent after the
+        ADVERTISE must not find the next request's answer in its way."""
+        return previous.peer != req.peer or (isinstance(sent, _Sent) and sent.with_data)
+
     def close(self) -> None:
-        for conn in self._peers.values():
+        for conn in self._leased.values():
             conn.close()
-        self._peers.clear()
-        if self._rdma is not None:
-            self._rdma[1].close()
-            self._rdma = None
-        if self._own_arenas:
-            for arena in self._arenas.values():
-                arena.close()
-            self._arenas.clear()
+        self._leased.clear()
+        if self._own_peers:
+            self.peers.close()

@@ -30,7 +30,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 MAGIC = b"NSPK"
-VERSION = 1
+VERSION = 2  # 2: FETCH_READ_REQ
 HEADER = struct.Struct("<4sBBHI")
 MAX_CONTROL_PAYLOAD = 1 << 20
 MAX_ENTRIES = 0xFFFF  # per list (maps, extents, block ids) in one message
@@ -59,6 +59,7 @@ class MsgType(IntEnum):
     ACK = 9
     ERROR = 10
     BYE = 11
+    FETCH_READ_REQ = 12
 
 
 class ErrorCode(IntEnum):
@@ -418,6 +419,20 @@ class FetchReq(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class FetchReadReq(_Message):
+    """FETCH_REQ and READ_REQ in one (TCP): ADVERTISE, then the DATA of every extent
+    it names. For requests small enough to sit in the socket buffers (the reader says
+    when), it saves a round trip."""
+
+    TYPE: ClassVar[MsgType] = MsgType.FETCH_READ_REQ
+    WIRE = FetchReq.WIRE
+    request_id: int
+    shuffle_id: int
+    reduce_id: int
+    maps: tuple[MapAttempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Advertise(_Message):
     """Answer to a FETCH_REQ: the committed extents (two-sided address exchange)."""
 
@@ -490,7 +505,8 @@ class Bye(_Message):
 
 
 Message = (
-    Hello | Challenge | Auth | AuthOk | FetchReq | Advertise | ReadReq | Data | Ack | ErrorMsg | Bye
+    Hello | Challenge | Auth | AuthOk | FetchReq | FetchReadReq | Advertise | ReadReq | Data | Ack
+    | ErrorMsg | Bye
 )
 MESSAGE_CLASSES: dict[MsgType, type[_Message]] = {
     cls.TYPE: cls
@@ -500,6 +516,7 @@ MESSAGE_CLASSES: dict[MsgType, type[_Message]] = {
         Auth,
         AuthOk,
         FetchReq,
+        FetchReadReq,
         Advertise,
         ReadReq,
         Data,

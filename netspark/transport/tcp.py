@@ -3,8 +3,11 @@
 Serving side: `serve_peer` answers one authenticated connection. FETCH_REQ gets the
 committed extents (ADVERTISE); READ_REQ is checked extent by extent against what
 was committed, then each extent goes out as a DATA header plus the block memory
-itself in one `sendmsg` (no staging copy). Reading side: `TcpPeer` asks and then
-`recv_into`s every extent straight into the memory it is given.
+itself in one `sendmsg` (no staging copy); FETCH_READ_REQ gets both at once.
+Connections are long-lived (a reader's process keeps them across tasks): between
+requests the server waits without a timeout, TCP keepalive noticing a peer that
+vanished. Reading side: `TcpPeer` asks and then `recv_into`s every extent straight
+into the memory it is given.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import socket
 from collections.abc import Sequence
 from typing import Protocol
@@ -26,6 +30,7 @@ from netspark.transport.protocol import (
     ErrorMsg,
     Extent,
     ExtentRef,
+    FetchReadReq,
     FetchReq,
     MapAttempt,
     ProtocolError,
@@ -60,10 +65,27 @@ class ExtentSource(Protocol):
     def extent_data(self, ref: ExtentRef) -> memoryview | bytes: ...  # in memory or on disk
 
 
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}  # gone in ~60 s
+
+
 def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in KEEPALIVE.items():
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def next_request(sock: socket.socket) -> object:
+    """Waits as long as it takes for the peer's next request (an idle connection is
+    kept for later tasks), then reads it within the socket's timeout."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    while not poller.poll():
+        pass
+    return recv_message(sock)
 
 
 def serve_peer(sock: socket.socket, source: ExtentSource, *, secret: bytes, app_id: str,
@@ -78,18 +100,8 @@ def serve_peer(sock: socket.socket, source: ExtentSource, *, secret: bytes, app_
             tune(sock)
         server_handshake(sock, secret, app_id, timeout=timeout)
         sock.settimeout(timeout)
-        while True:
-            msg = recv_message(sock)
-            if isinstance(msg, FetchReq):
-                _answer_fetch(sock, source, msg)
-            elif isinstance(msg, ReadReq):
-                _answer_read(sock, source, msg)
-            elif isinstance(msg, Bye):
-                return
-            else:
-                reason = f"{type(msg).__name__} is not a request"
-                send_message(sock, ErrorMsg.make(0, ErrorCode.MALFORMED, reason))
-                raise ProtocolError(reason)
+        while answer_request(sock, source, next_request(sock)):
+            pass
     except ConnectionClosed:
         pass
     except Exception as err:  # a broken peer must never take the server down
@@ -98,13 +110,40 @@ def serve_peer(sock: socket.socket, source: ExtentSource, *, secret: bytes, app_
         sock.close()
 
 
-def _answer_fetch(sock: socket.socket, source: ExtentSource, req: FetchReq) -> None:
+def answer_request(sock: socket.socket, source: ExtentSource, msg: object) -> bool:
+    """Answers one request; False when the peer said BYE."""
+    if isinstance(msg, FetchReadReq):
+        _answer_fetch_read(sock, source, msg)
+    elif isinstance(msg, FetchReq):
+        _answer_fetch(sock, source, msg)
+    elif isinstance(msg, ReadReq):
+        _answer_read(sock, source, msg)
+    elif isinstance(msg, Bye):
+        return False
+    else:
+        reason = f"{type(msg).__name__} is not a request"
+        send_message(sock, ErrorMsg.make(0, ErrorCode.MALFORMED, reason))
+        raise ProtocolError(reason)
+    return True
+
+
+def _answer_fetch(sock: socket.socket, source: ExtentSource,
+                  req: FetchReq | FetchReadReq) -> list[Extent] | None:
     try:
         extents = source.advertise(req.shuffle_id, req.reduce_id, req.maps)
     except LookupError as err:
         send_message(sock, ErrorMsg.make(req.request_id, ErrorCode.NOT_COMMITTED, str(err)))
-        return
+        return None
     send_message(sock, Advertise(req.request_id, tuple(extents)))
+    return extents
+
+
+def _answer_fetch_read(sock: socket.socket, source: ExtentSource, req: FetchReadReq) -> None:
+    """ADVERTISE, then the DATA of every extent it named (all committed, by definition)."""
+    extents = _answer_fetch(sock, source, req)
+    for index, ext in enumerate(extents or ()):
+        data = source.extent_data(ExtentRef(ext.map_id, ext.block_id, ext.offset, ext.length))
+        _send_all(sock, [Data(req.request_id, index, ext.length).encode(), data])
 
 
 def _answer_read(sock: socket.socket, source: ExtentSource, req: ReadReq) -> None:
@@ -145,6 +184,9 @@ class TcpPeer:
         except BaseException:
             self.sock.close()
             raise
+        # What a peer may push unasked: it fits in our receive buffer, so the peer's
+        # send never waits on us however long our reader takes to get to it.
+        self.push_limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
 
     def _reply(self, request_id: int) -> object:
         msg = recv_message(self.sock)
@@ -157,8 +199,18 @@ class TcpPeer:
     def advertise(self, shuffle: int, reduce_id: int,
                   maps: Sequence[MapAttempt]) -> list[Extent]:
         """The committed extents of `maps` for `reduce_id`."""
+        return self.advertised(self.request(shuffle, reduce_id, maps, with_data=False))
+
+    def request(self, shuffle: int, reduce_id: int, maps: Sequence[MapAttempt], *,
+                with_data: bool) -> int:
+        """Sends FETCH_REQ (or FETCH_READ_REQ: the data follows the extents) and returns
+        its id; the answer is taken with `advertised` (then `receive_data`)."""
         request_id = next(self._ids)
-        send_message(self.sock, FetchReq(request_id, shuffle, reduce_id, tuple(maps)))
+        kind = FetchReadReq if with_data else FetchReq
+        send_message(self.sock, kind(request_id, shuffle, reduce_id, tuple(maps)))
+        return request_id
+
+    def advertised(self, request_id: int) -> list[Extent]:
         reply = self._reply(request_id)
         if not isinstance(reply, Advertise):
             raise ProtocolError(f"{self.name} answered a fetch with {type(reply).__name__}")
@@ -170,6 +222,10 @@ class TcpPeer:
         request_id = next(self._ids)
         refs = tuple(ExtentRef(e.map_id, e.block_id, e.offset, e.length) for e in extents)
         send_message(self.sock, ReadReq(request_id, shuffle, refs))
+        self.receive_data(request_id, targets)
+
+    def receive_data(self, request_id: int, targets: Sequence[memoryview]) -> None:
+        """The DATA of a request, extent by extent, into the memory of the same index."""
         for index, target in enumerate(targets):
             header = self._reply(request_id)
             if not isinstance(header, Data) or header.index != index \
@@ -181,4 +237,8 @@ class TcpPeer:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             send_message(self.sock, Bye())
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Drops the connection without a goodbye (after a failure)."""
         self.sock.close()

@@ -68,7 +68,7 @@ def test_fetch_across_a_veth_pair(namespace):
         with Arena.create(conf()) as arena:
             fetcher = Fetcher(BlockPool(arena), conf(), secret=SECRET, app_id=APP)
             got = list(read_partition(fetcher, [request(server.address, 9, 1, 0, 1, 2)]))
-            assert fetcher._routes[server.address] == "tcp"  # another host: no short-circuit
+            assert fetcher.route_of(server.address) == "tcp"  # another host: no short-circuit
             assert server.address.host == NS_SIDE
             expected = [(k, ("netns", m, k)) for m in range(3)
                         for k in range(m, 5000, 3) if k % 2 == 1]

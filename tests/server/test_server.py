@@ -51,7 +51,7 @@ def test_three_servers_serve_a_shuffle(short_circuit):
                 reqs = [request(s.address, 7, reduce_id, *maps) for s, maps in placement.items()]
                 got = list(read_partition(fetcher, reqs))
                 assert got == expected_partition([0, 1, 2, 3, 4], reduce_id)
-            routes = set(fetcher._routes.values())
+            routes = set(fetcher.routes())
             assert routes == ({"local"} if short_circuit == "true" else {"tcp"})
             fetcher.close()
             reader.pool.flush()

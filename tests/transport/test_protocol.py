@@ -34,6 +34,7 @@ from netspark.transport.protocol import (
     ErrorMsg,
     Extent,
     ExtentRef,
+    FetchReadReq,
     FetchReq,
     Hello,
     MapAttempt,
@@ -60,6 +61,7 @@ SAMPLES = [
     AuthOk(),
     AuthOk(EP),
     FetchReq(2**64 - 1, 3, 4, (MapAttempt(0, 0), MapAttempt(2**32 - 1, 5))),
+    FetchReadReq(7, 3, 4, (MapAttempt(1, 0),)),
     Advertise(1),
     Advertise(1, (Extent(1, 2, 3, 4, 0xDEADBEEF, 2**64 - 1, 99), Extent(5, 6, 7, 8, 9))),
     ReadReq(7, 8, (ExtentRef(1, 2, 3, 4),)),
@@ -133,7 +135,7 @@ def test_wire_field_order_matches_dataclass_fields() -> None:
 
 
 def test_known_encodings() -> None:
-    assert Bye().encode() == b"NSPK\x01\x0b\x00\x00\x00\x00\x00\x00"
+    assert Bye().encode() == b"NSPK\x02\x0b\x00\x00\x00\x00\x00\x00"
     assert Data(1, 2, 3).encode()[HEADER.size :] == struct.pack("<QII", 1, 2, 3)
     assert Ack(9, (4,)).encode()[HEADER.size :] == struct.pack("<QII", 9, 1, 4)
 
@@ -181,6 +183,8 @@ messages = st.one_of(
     st.builds(Auth, b32),
     st.builds(AuthOk, st.none() | endpoints),
     st.builds(FetchReq, u64, u32, u32, st.lists(st.tuples(u32, u32), min_size=1, max_size=5)),
+    st.builds(FetchReadReq, u64, u32, u32,
+              st.lists(st.tuples(u32, u32), min_size=1, max_size=5)),
     st.builds(Advertise, u64, st.lists(st.builds(Extent, u32, u32, u32, u32, u32, u64, u32))),
     st.builds(ReadReq, u64, u32, st.lists(st.builds(ExtentRef, u32, u32, u32, u32), min_size=1)),
     st.builds(Data, u64, u32, u32),
@@ -243,7 +247,7 @@ def test_fuzz_mutated_valid_payloads(msg, data) -> None:
     ("raw", "reason"),
     [
         (frame(11, b"", magic=b"HTTP"), "bad magic"),
-        (frame(11, b"", version=2), "unsupported protocol version 2"),
+        (frame(11, b"", version=1), "unsupported protocol version 1"),
         (frame(11, b"", flags=1), "flags must be 0"),
         (frame(0, b""), "unknown message type 0"),
         (frame(200, b""), "unknown message type 200"),
@@ -254,7 +258,7 @@ def test_fuzz_mutated_valid_payloads(msg, data) -> None:
         (frame(8, b"x" * 15, length=20), "truncated DATA frame"),
         (frame(8, b"x" * 15), "truncated DATA payload"),
         (frame(11, b"") + b"x", "oversized BYE frame"),
-        (b"NSPK\x01", "truncated frame header"),
+        (b"NSPK\x02", "truncated frame header"),
     ],
 )
 def test_bad_frames_are_rejected(raw, reason) -> None:

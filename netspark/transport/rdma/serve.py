@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from netspark.transport.auth import server_handshake
 from netspark.transport.protocol import (
     Advertise,
-    Bye,
     ConnectionClosed,
     ErrorCode,
     ErrorMsg,
@@ -25,16 +24,13 @@ from netspark.transport.protocol import (
     ExtentRef,
     FetchReq,
     MapAttempt,
-    Message,
     ProtocolError,
-    ReadReq,
     decode_message,
     recv_message,
-    send_message,
 )
 from netspark.transport.rdma.channel import Channel
 from netspark.transport.rdma.peer import RdmaService
-from netspark.transport.tcp import ExtentSource, _answer_fetch, _answer_read, tune
+from netspark.transport.tcp import ExtentSource, answer_request, next_request, tune
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +69,7 @@ def serve_peer(sock: socket.socket, source: ExtentSource, service: RdmaService, 
         server_handshake(sock, secret, app_id, rdma_for=acceptor.endpoint_for, timeout=timeout)
         sock.settimeout(timeout)
         if acceptor.channel is None:
-            while _answer_tcp(sock, source, recv_message(sock)):
+            while answer_request(sock, source, next_request(sock)):
                 pass
         else:
             log.info("netspark: serving %s over RDMA", peer)
@@ -87,26 +83,11 @@ def serve_peer(sock: socket.socket, source: ExtentSource, service: RdmaService, 
         sock.close()
 
 
-def _answer_tcp(sock: socket.socket, source: ExtentSource, msg: Message) -> bool:
-    """Answers one TCP request; False when the peer said BYE."""
-    if isinstance(msg, FetchReq):
-        _answer_fetch(sock, source, msg)
-    elif isinstance(msg, ReadReq):
-        _answer_read(sock, source, msg)
-    elif isinstance(msg, Bye):
-        return False
-    else:
-        reason = f"{type(msg).__name__} is not a request"
-        send_message(sock, ErrorMsg.make(0, ErrorCode.MALFORMED, reason))
-        raise ProtocolError(reason)
-    return True
-
-
 def _serve_rdma(sock: socket.socket, source: _WithAddresses, channel: Channel,
                 timeout: float) -> None:
     fd = sock.fileno()
     while not source.service.closed:
-        if channel.progress(None, fd) and not _answer_tcp(sock, source, recv_message(sock)):
+        if channel.progress(None, fd) and not answer_request(sock, source, recv_message(sock)):
             return
         while channel.inbox:
             _answer_rdma(channel, source, channel.inbox.popleft(), timeout, fd)

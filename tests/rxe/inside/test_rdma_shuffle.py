@@ -53,7 +53,7 @@ def test_a_shuffle_between_two_servers_over_rdma(caplog: pytest.LogCaptureFixtur
                     got += list(read_partition_one(landed))
                 assert got == expected([0, 1, 2, 3, 4], reduce_id)
                 assert set(landed_via) == {"rdma"}
-            assert set(fetcher._routes.values()) == {"rdma"}
+            assert set(fetcher.routes()) == {"rdma"}
             fetcher.close()
             reader.pool.flush()
             assert reader.arena.stats().leased_blocks == sum(
@@ -82,7 +82,7 @@ def test_auto_uses_tcp_with_a_peer_without_rdma(caplog: pytest.LogCaptureFixture
             fetcher = reader.fetcher()
             got = list(read_partition(fetcher, [request(b.address, 1, 0, 0)]))
             assert got == expected([0], 0)
-            assert fetcher._routes[b.address] == "tcp"
+            assert fetcher.route_of(b.address) == "tcp"
             fetcher.close()
         assert any("over tcp" in r.getMessage() and "does not offer RDMA" in r.getMessage()
                    for r in caplog.records)

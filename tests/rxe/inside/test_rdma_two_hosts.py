@@ -96,8 +96,8 @@ def test_a_fetch_between_two_devices_uses_each_sides_own_device_and_gid(
         wire, sent, rxe0 = serving.tx_bytes(), serving.sent_packets(), int(RXE0_SENT.read_text())
         with fetcher_on(reading, **RDMA) as fetcher:
             got = read_all(fetcher, server, 21)
-            assert fetcher._routes[server.address] == "rdma"
-            assert device_of(fetcher._rdma[0]) == (reading.device, reading.gid,
+            assert fetcher.route_of(server.address) == "rdma"
+            assert device_of(fetcher.peers.rdma[0]) == (reading.device, reading.gid,
                                                    reading.gid_index())
         for reduce_id in range(PARTS):
             assert got[reduce_id] == expected(reduce_id)
@@ -117,7 +117,7 @@ def test_a_reader_forced_onto_the_other_hosts_device_says_so(
     with server_on(hosts.A, 22, **RDMA) as (server, _), \
             fetcher_on(hosts.B, **RDMA, **{"rdma.device": hosts.A.device}) as fetcher:
         got = read_all(fetcher, server, 22)
-        assert device_of(fetcher._rdma[0]) == (hosts.A.device, hosts.A.gid,
+        assert device_of(fetcher.peers.rdma[0]) == (hosts.A.device, hosts.A.gid,
                                                hosts.A.gid_index())
     assert all(got[r] == expected(r) for r in range(PARTS))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -140,7 +140,7 @@ def test_a_gid_that_is_not_the_advertised_address_never_gives_wrong_data(
         with fetcher_on(hosts.B, **reader_settings) as fetcher:
             got = read_all(fetcher, server, 23)
             route = fetcher._routes[server.address]
-            forced = forced or fetcher._rdma[0]
+            forced = forced or fetcher.peers.rdma[0]
         assert forced.gid_index == 0 and forced.gid != (hosts.A if side == "server"
                                                         else hosts.B).gid
         assert all(got[r] == expected(r) for r in range(PARTS))
