@@ -181,7 +181,7 @@ def _executor_ids(sc: Any) -> set[str]:
     return set(filter(None, str(sc._jsc.sc().getExecutorIds().mkString(",")).split(",")))
 
 
-def replace_executor(sc: Any, executor: str, timeout: float = 60.0) -> None:
+def replace_executor(sc: Any, executor: str, timeout: float | None = None) -> None:
     """Has Spark kill `executor` and start another in its place; returns once Spark has
     removed it, and with it its map outputs (the next fetch of their handles fails, so
     Spark reruns those map tasks: its own recovery of lost shuffle output)."""
@@ -189,8 +189,10 @@ def replace_executor(sc: Any, executor: str, timeout: float = 60.0) -> None:
         return  # already gone (or the driver itself, in local mode: nothing to replace)
     log.warning("netspark: asking Spark to replace executor %s so that its map outputs are "
                 "recomputed", executor)
+    from netspark.spark.coordinator import REPLACE_WAIT
+
     sc._jsc.sc().killAndReplaceExecutor(executor)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (REPLACE_WAIT if timeout is None else timeout)
     while executor in _executor_ids(sc) and time.monotonic() < deadline:
         time.sleep(0.2)
 

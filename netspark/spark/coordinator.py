@@ -28,6 +28,10 @@ from netspark.transport.auth import client_handshake, server_handshake
 log = logging.getLogger(__name__)
 
 OnLost = Callable[[str, str], None]  # (executor id, why): make Spark recompute its outputs
+PROBE_TIMEOUT = 10.0  # for each step (connect, handshake) of the driver's probe of a server
+REPLACE_WAIT = 60.0  # how long Spark may take to remove an executor it was asked to replace
+# How long a reducer's report may wait for its verdict: the probe, then Spark's removal.
+VERDICT_TIMEOUT = 2 * PROBE_TIMEOUT + REPLACE_WAIT + 10.0
 
 
 class Joined(NamedTuple):
@@ -41,7 +45,7 @@ class Coordinator:
         self.secret = secret
         self.app_id = app_id
         self.timeout = timeout
-        self.probe_timeout = min(timeout, 10.0)
+        self.probe_timeout = min(timeout, PROBE_TIMEOUT)
         self._on_lost = on_lost
         self._listener = socket.create_server((bind_host or host, 0))
         self.address = (host, self._listener.getsockname()[1])
@@ -146,7 +150,7 @@ class Coordinator:
             if first:
                 done = self._lost[executor] = threading.Event()
         if not first:
-            done.wait(self.timeout)
+            done.wait(REPLACE_WAIT + 10.0)
             return
         try:
             log.warning("netspark: executor %s: %s", executor, why)
@@ -203,5 +207,5 @@ def report_unreachable(coordinator: str, *, secret: bytes, app_id: str, host: st
     with socket.create_connection((chost, int(cport)), timeout=timeout) as sock:
         client_handshake(sock, secret, app_id, timeout=timeout)
         send_json(sock, {"op": "unreachable", "host": host, "port": port, "error": error})
-        sock.settimeout(3 * timeout)  # the coordinator probes, then waits for Spark
+        sock.settimeout(VERDICT_TIMEOUT)  # the coordinator probes, then waits for Spark
         return recv_json(sock)

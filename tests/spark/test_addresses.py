@@ -4,6 +4,8 @@ override it, and their errors."""
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,11 @@ def fake_executor():
     def start(*args: str) -> int:
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
         procs.append(proc)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while args and args[-1].encode() not in cmdline.read_bytes():  # until it has exec'd
+            assert time.monotonic() < deadline, "the fake executor never started"
+            time.sleep(0.01)
         return proc.pid
 
     yield start

@@ -120,3 +120,23 @@ def test_an_unknown_server_is_not_replaced(coordinator):
 def test_a_wrong_secret_is_refused(coordinator):
     with socket.create_connection(coordinator.address) as conn, pytest.raises(AuthError):
         client_handshake(conn, b"x" * 32, APP, timeout=5)
+
+
+def test_a_reporter_waits_as_long_as_spark_may_take_to_replace():
+    """The verdict comes after Spark removed the executor, which may take longer than
+    the reporter's connect timeout many times over: the reporter must still get it."""
+    def slow_replace(executor: str, why: str) -> None:
+        time.sleep(1.5)
+
+    made = Coordinator("127.0.0.1", secret=SECRET, app_id=APP, timeout=5, on_lost=slow_replace)
+    try:
+        peer = PeerServer()
+        link = join(made, peer.port, "6")
+        peer.close()
+        verdict = report_unreachable("{}:{}".format(*made.address), secret=SECRET, app_id=APP,
+                                     host="127.0.0.1", port=peer.port, error="refused",
+                                     timeout=0.3)
+        assert verdict["lost"] and "executor 6" in verdict["message"]
+        link.close()
+    finally:
+        made.stop()
