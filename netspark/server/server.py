@@ -73,6 +73,7 @@ class ShuffleServer:
         self._fetch_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()  # accepted, still open
+        self.peers_accepted = 0  # network connections accepted so far (peers keep theirs)
         self._stopped = threading.Event()
         try:
             self._tcp = listen_in_range(host, port)
@@ -148,6 +149,7 @@ class ShuffleServer:
             except OSError:
                 return  # the listener was closed: stopping
             self._connections.add(conn)
+            self.peers_accepted += conn.family != socket.AF_UNIX
             threading.Thread(target=self._handle, args=(handler, conn), name=name,
                              daemon=True).start()
 
@@ -301,4 +303,5 @@ class ShuffleServer:
         return {"arena": vars(self.arena.stats()), "shuffles": len(self.registry.shuffles()),
                 "outputs": len(outputs), "bytes": sum(o.size for o in outputs),
                 "spilled_outputs": sum(1 for o in outputs if not o.blocks),
+                "peers_accepted": self.peers_accepted,
                 "spilled_bytes": self.spiller.spilled_bytes}

@@ -19,6 +19,7 @@ refusal is not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -303,10 +304,10 @@ class Fetcher:
             stop.set()
             with self._held_changed:  # wake a fetch waiting for room
                 self._held_changed.notify_all()
-            if worker.is_alive():  # and one waiting on the network: its connection
-                for peer in list(self._leased):  # may be mid-request, never reused
-                    self._leased[peer].sock.shutdown(socket.SHUT_RDWR)
-                    self._drop(peer)
+            if worker.is_alive():  # and one waiting on the network (which then drops
+                for conn in list(self._leased.values()):  # its connections: mid-request)
+                    with contextlib.suppress(OSError):
+                        conn.sock.shutdown(socket.SHUT_RDWR)
             while worker.is_alive() or not ready.empty():
                 try:
                     item = ready.get(timeout=0.05)
@@ -325,7 +326,7 @@ class Fetcher:
             pending: tuple[FetchRequest, _Sent | Exception] | None = None
             for req in requests:
                 if stop.is_set():
-                    return
+                    raise FetchFailed("the reader stopped")
                 if pending is not None and not self._may_send_ahead(*pending, req):
                     ready.put(self.fetch_one(*pending))
                     pending = None
@@ -338,12 +339,12 @@ class Fetcher:
                 pending = req, sent
             if pending is not None:
                 ready.put(self.fetch_one(*pending))
+            self._give_back()  # every request answered: the connections are clean
             ready.put(None)
         except BaseException as err:  # handed to the consumer, raised there
+            for peer in list(self._leased):  # a request sent ahead may be in flight
+                self._drop(peer)
             ready.put(err)
-        finally:
-            if not stop.is_set():
-                self._give_back()
 
     @staticmethod
     def _may_send_ahead(previous: FetchRequest, sent: _Sent | Exception,

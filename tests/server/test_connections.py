@@ -49,7 +49,8 @@ def test_tasks_of_one_process_share_one_connection_per_peer():
                                                     sized(b, 5, reduce_id, [2], 0)]))
                 assert got == expected_partition([0, 1, 2], reduce_id)
                 fetcher.close()
-            assert peers_connected(b) == 1  # connected and authenticated once
+            assert peers_connected(b) == 1
+            assert b.peers_accepted == 1  # connected and authenticated once for all tasks
         time.sleep(0.2)
         assert peers_connected(b) == 0  # the process's BYE closed it
 
