@@ -140,6 +140,8 @@ class PeerConnections:
             while idle:
                 conn = idle.pop()
                 if still_open(conn.sock):
+                    if isinstance(conn, TcpPeer):
+                        conn.expect_prompt_reply(self.conf.network_connectTimeout)
                     return conn
                 conn.abort()
         if route == "rdma":

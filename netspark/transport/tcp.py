@@ -180,16 +180,34 @@ class TcpPeer:
         self.sock.settimeout(timeout)
         try:
             tune(self.sock)
-            client_handshake(self.sock, secret, app_id, timeout=timeout)
+            # authenticating is part of connecting: a peer that cannot do it promptly
+            # is as unreachable as one that does not accept
+            client_handshake(self.sock, secret, app_id, timeout=connect_timeout or timeout)
         except BaseException:
             self.sock.close()
             raise
         # What a peer may push unasked: it fits in our receive buffer, so the peer's
         # send never waits on us however long our reader takes to get to it.
         self.push_limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self.timeout = timeout
+        self._prompt: float | None = None
+
+    def expect_prompt_reply(self, timeout: float) -> None:
+        """The next reply must come within `timeout`: a connection taken from the idle
+        pool may lead to a peer that vanished without a word (its host unreachable),
+        which only silence tells; this bounds it as a new connection's connect is."""
+        self._prompt = timeout
 
     def _reply(self, request_id: int) -> object:
-        msg = recv_message(self.sock)
+        if self._prompt is None:
+            msg = recv_message(self.sock)
+        else:
+            self.sock.settimeout(self._prompt)
+            try:
+                msg = recv_message(self.sock)
+            finally:
+                self._prompt = None
+                self.sock.settimeout(self.timeout)
         if isinstance(msg, ErrorMsg):
             raise RemoteError(self.name, msg.code, msg.message)
         if getattr(msg, "request_id", None) != request_id:

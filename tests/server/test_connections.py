@@ -2,8 +2,11 @@
 one-round-trip FETCH_READ_REQ over TCP."""
 
 import logging
+import os
+import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +26,14 @@ from netspark.transport.protocol import (
     recv_message,
     send_message,
 )
-from tests.server.conftest import APP, SECRET, link_to, running_server, write_map
+from tests.server.conftest import (
+    APP,
+    SECRET,
+    link_to,
+    link_to_name,
+    running_server,
+    write_map,
+)
 from tests.server.test_server import PARTS, expected_partition, records_of
 
 
@@ -148,3 +158,40 @@ def test_requests_to_one_peer_in_a_row_come_back_in_order(sizes, caplog):
             assert list(read_partition(fetcher, reqs)) == expected_partition(range(4), 1)
             assert not caplog.records  # no crossed replies, no retries
             fetcher.close()
+
+
+def wait_until_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    stat = Path(f"/proc/{pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("reused", [True, False])
+def test_a_silent_peer_fails_a_fetch_within_the_connect_timeout(server_process, reused):
+    """A peer that stops answering (its host cut off) sends no FIN, and its kernel still
+    accepts connections: an idle connection to it looks fine, a new one connects. So a
+    reused connection's first reply, and a new one's handshake, are held to the connect
+    timeout, not to network.timeout."""
+    peer = server_process()
+    with link_to_name(peer.local_name) as writer:
+        write_map(writer, 10, 0, PARTS, records_of(0))
+    settings = {"localShortCircuit": "false", "network.timeout": "30s",
+                "network.connectTimeout": "1s", "network.maxRetries": "0"}
+    with running_server() as a, link_to(a, **settings) as reader:
+        if reused:
+            fetcher = reader.fetcher()
+            list(read_partition(fetcher, [sized(peer, 10, 0, [0], 0)]))
+            fetcher.close()
+            assert reader.peers._idle[peer.address]
+        os.kill(peer.pid, signal.SIGSTOP)
+        try:
+            wait_until_stopped(peer.pid)
+            start = time.monotonic()
+            with pytest.raises(FetchFailed) as failed:
+                list(read_partition(reader.fetcher(), [sized(peer, 10, 0, [0], 0)]))
+            assert time.monotonic() - start < 5
+            assert failed.value.unreachable == peer.address
+        finally:
+            os.kill(peer.pid, signal.SIGCONT)
