@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
              f"partitions, {args.jobs} of each kind per context, {report.where(args)}")
     settings = {"spark.default.parallelism": str(args.partitions)}
     return report.run_benchmark("latency", title, args, settings, run_mode,
-                                extra=(latency_table, draw))
+                                extra=(latency_table, draw), iterations=False)
 
 
 if __name__ == "__main__":

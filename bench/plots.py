@@ -51,7 +51,7 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize="small")
     paths.append(_save(fig, out, "stages"))
 
-    if len(summary["spark"]["iteration_s"]) > 1:
+    if result.get("iterations", True) and len(summary["spark"]["iteration_s"]) > 1:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in modes:
             its = summary[m]["iteration_s"]

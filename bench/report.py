@@ -85,8 +85,9 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
                   run_mode: RunMode, agree: Callable[[Any, Any], bool] = lambda a, b: a == b,
                   extra: tuple[Callable[[dict[str, Any]], str],
                                Callable[[dict[str, Any], Path], list[Path]]] | None = None,
-                  ) -> int:
-    """`extra`: a benchmark's own (table, plots) from the result, beside the common ones."""
+                  iterations: bool = True) -> int:
+    """`extra`: a benchmark's own (table, plots) from the result, beside the common ones;
+    `iterations`: whether the timed jobs are iterations of one computation (PageRank's)."""
     modes, skipped = sparkrun.choose_modes(args.modes.split(","))
     if "spark" not in modes:
         raise SystemExit("the modes must include spark: every figure is a ratio to it")
@@ -120,7 +121,7 @@ def run_benchmark(name: str, title: str, args: argparse.Namespace, settings: dic
                for mode, rounds_of_mode in runs.items()}
     result = {"benchmark": name, "title": title, "command": command_line(),
               "machine": sparkrun.machine(), "when": time.strftime("%Y-%m-%d %H:%M"),
-              "skipped": skipped, "summary": summary,
+              "skipped": skipped, "summary": summary, "iterations": iterations,
               "runs": {m: [[asdict(j) for j in jobs] for jobs in r] for m, r in runs.items()}}
     table = markdown(result) + ("\n" + extra[0](result) if extra else "")
     print("\nanswers: every mode agrees with Spark's shuffle\n" + table)
@@ -200,7 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [("whole job (median of rounds)", "job_s"),
             ("map stage", "map_stage_s"), ("reduce stage", "reduce_stage_s"),
             ("reduce task, median", None), ("fetch wait per reduce task, mean", "fetch")]
-    if len(base["iteration_s"]) > 1:
+    if result.get("iterations", True) and len(base["iteration_s"]) > 1:
         rows = [("median iteration", "iteration")] + rows
 
     def value(s: dict[str, Any], key: str | None) -> float:
