@@ -139,7 +139,7 @@ def test_a_gid_that_is_not_the_advertised_address_never_gives_wrong_data(
         forced = server.rdma.device if side == "server" else None
         with fetcher_on(hosts.B, **reader_settings) as fetcher:
             got = read_all(fetcher, server, 23)
-            route = fetcher._routes[server.address]
+            route = fetcher.route_of(server.address)
             forced = forced or fetcher.peers.rdma[0]
         assert forced.gid_index == 0 and forced.gid != (hosts.A if side == "server"
                                                         else hosts.B).gid

@@ -46,13 +46,13 @@ def test_the_device_going_away_falls_back_to_tcp(caplog: pytest.LogCaptureFixtur
         with link_to(a, **auto) as reader:
             fetcher = reader.fetcher()
             assert sorted(read_partition(fetcher, [request(b.address, 9, 0, 0, 1)])) == want
-            assert fetcher._routes[b.address] == "rdma"
+            assert fetcher.route_of(b.address) == "rdma"
             sh("ip", "link", "set", "dummy0", "down")
             try:
                 wait_port(active=False)
                 got = sorted(read_partition(fetcher, [request(b.address, 9, 0, 0, 1)]))
                 assert got == want  # over TCP now
-                assert fetcher._routes[b.address] == "tcp"
+                assert fetcher.route_of(b.address) == "tcp"
                 got = sorted(read_partition(fetcher, [request(b.address, 9, 0, 0, 1)]))
                 assert got == want
                 fallbacks = [r for r in caplog.records if "falling back to TCP" in r.getMessage()]
@@ -60,7 +60,7 @@ def test_the_device_going_away_falls_back_to_tcp(caplog: pytest.LogCaptureFixtur
                 fetcher.close()
                 fresh = reader.fetcher()  # a new reader does not even try the dead port
                 assert sorted(read_partition(fresh, [request(b.address, 9, 0, 0, 1)])) == want
-                assert fresh._routes[b.address] == "tcp"
+                assert fresh.route_of(b.address) == "tcp"
                 fresh.close()
                 strict = rdma_conf(**{"network.timeout": "20s"})
                 with link_to(a, **strict) as link, \
