@@ -15,7 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import islice, zip_longest
 from typing import Any
 
 from pyspark.core.rdd import portable_hash
@@ -138,18 +138,8 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         report({"reduces": 1})
         return
     link = executor_link()
-    chunk = max(link.pool.block_size, link.conf.reducer_maxBytesInFlight // 2)
-    requests = []
-    for server, server_handles in by_server.items():
-        maps: list[MapAttempt] = []
-        size = 0
-        for h in server_handles:  # requests of about half the in-flight cap each
-            if maps and size + h.size > chunk:
-                requests.append(FetchRequest(server, shuffle, split, tuple(maps), size))
-                maps, size = [], 0
-            maps.append(MapAttempt(h.map_id, h.attempt))
-            size += h.size
-        requests.append(FetchRequest(server, shuffle, split, tuple(maps), size))
+    requests = plan_requests(shuffle, split, by_server,
+                             max(link.pool.block_size, link.conf.reducer_maxBytesInFlight // 2))
     fetcher = link.fetcher()
     try:
         batches = read_partition_batches(fetcher, requests,
@@ -175,6 +165,31 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         if fetcher.wait_seconds > 1:
             print(f"netspark: partition {split} of shuffle {shuffle} waited "
                   f"{fetcher.wait_seconds:.1f} s for data", file=sys.stderr)
+
+
+FIRST_REQUEST_BYTES = 1 << 20  # the reader starts on this much while the rest comes
+
+
+def plan_requests(shuffle: int, split: int, by_server: dict[Any, list[Handle]],
+                  largest: int) -> list[FetchRequest]:
+    """The fetches of one reduce partition: for each server, a first request of about
+    FIRST_REQUEST_BYTES (small enough to come back with its data in one round trip),
+    then requests growing 4x up to `largest` bytes; servers taken in turn, so that
+    each works while the reader lands another's data."""
+    per_server = []
+    for server, handles in by_server.items():
+        planned: list[FetchRequest] = []
+        maps: list[MapAttempt] = []
+        size, limit = 0, min(FIRST_REQUEST_BYTES, largest)
+        for h in handles:
+            if maps and size + h.size > limit:
+                planned.append(FetchRequest(server, shuffle, split, tuple(maps), size))
+                maps, size, limit = [], 0, min(4 * limit, largest)
+            maps.append(MapAttempt(h.map_id, h.attempt))
+            size += h.size
+        planned.append(FetchRequest(server, shuffle, split, tuple(maps), size))
+        per_server.append(planned)
+    return [req for turn in zip_longest(*per_server) for req in turn if req is not None]
 
 
 class ServerUnreachable(IOError):
