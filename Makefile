@@ -4,9 +4,9 @@ PY := $(VENV)/bin/python
 READY := $(VENV)/.netspark-ready
 
 .PHONY: setup demo test test-fast test-rxe test-multihost lint bench bench-quick bench-buffers \
-	bench-hosts clean
+	bench-hosts bench-latency clean
 
-$(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*)
+$(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*) $(shell find jvm -name "*.java")
 	VENV=$(VENV) scripts/setup.sh
 	touch $@
 
@@ -38,6 +38,13 @@ bench: $(READY)
 	$(PY) bench/groupby.py --preset large --rounds 2 --out docs/results/groupby-large
 	$(PY) bench/pagerank.py --scale 17 --edge-factor 8 --partitions 16 --rounds 2 \
 		--out docs/results/pagerank
+
+# Small interactive jobs: p50/p99 per job, one host and two namespace hosts (needs root).
+bench-latency: $(READY)
+	$(PY) bench/latency.py --jobs 30 --rounds 3 --warmup --modes spark,netspark-tcp,netspark-local \
+		--out docs/results/latency
+	$(PY) bench/latency.py --jobs 30 --rounds 2 --warmup --modes spark,netspark-tcp,netspark-local \
+		--hosts 2 --link-rate 10gbit --out docs/results/hosts2/latency
 
 bench-quick: $(READY)
 	$(PY) bench/groupby.py --preset small --rounds 2 --modes spark,netspark-tcp,netspark-local \

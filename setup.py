@@ -1,8 +1,11 @@
-"""Builds netspark: its native part (cffi, API mode) from csrc/, and the .pth hook
-that activates netspark in any PySpark program when spark.netspark.enabled=true."""
+"""Builds netspark: its native part (cffi, API mode) from csrc/, the .pth hook that
+activates netspark in any PySpark program when spark.netspark.enabled=true, and (best
+effort) the JVM shuffle manager's jar from jvm/ (see netspark/jvm/build.py)."""
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -37,11 +40,23 @@ class BuildWithHook(build_py):
     """Puts the .pth hook at the top of site-packages, where Python runs it at start-up."""
 
     def run(self) -> None:
+        if not self.editable_mode:  # editable installs use the jar in place (scripts/setup.sh)
+            _build_jar()
         super().run()
         self.copy_file(HOOK, str(Path(self.build_lib) / HOOK))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         return [*super().get_outputs(include_bytecode), str(Path(self.build_lib) / HOOK)]
+
+
+def _build_jar() -> None:
+    """Builds netspark/jvm/netspark-shuffle.jar if this build environment can (a JDK and
+    pyspark present) so that the wheel carries it; without, netspark works on without the
+    JVM part and `python -m netspark.jvm.build` can make it later."""
+    run = subprocess.run([sys.executable, "-m", "netspark.jvm.build"], capture_output=True,
+                         text=True, cwd=Path(__file__).parent,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    print((run.stdout + run.stderr).strip() or "netspark: JVM jar build said nothing")
 
 
 class EditableWithHook(editable_wheel):
@@ -55,6 +70,7 @@ class EditableWithHook(editable_wheel):
 
 setup(
     packages=find_packages(include=["netspark", "netspark.*"]),
+    package_data={"netspark.jvm": ["*.jar"]},
     cffi_modules=CFFI_MODULES,
     cmdclass={"build_py": BuildWithHook, "editable_wheel": EditableWithHook},
 )

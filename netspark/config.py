@@ -99,6 +99,13 @@ class Key:
 KEYS: tuple[Key, ...] = (
     Key("enabled", "false", parse_bool,
         "Route every RDD shuffle of this application through netspark."),
+    Key("jvm", "false", parse_bool,
+        "Also install netspark's JVM shuffle manager for DataFrame/SQL exchanges and GraphX "
+        "(its jar on spark.jars, spark.shuffle.manager set; a different user "
+        "spark.shuffle.manager is refused). Off by default until that manager carries data "
+        "through netspark's arena: today it shuffles exactly as Spark's sort shuffle. Needs "
+        "the jar built at set-up (python -m netspark.jvm.build); without it: a warning, and "
+        "only RDD shuffles go through netspark."),
     Key("transport", "auto", choice("auto", "rdma", "tcp"),
         "auto: RDMA when a device and the peer allow it, else TCP (logged); "
         "rdma: fail loudly without RDMA; tcp: never use RDMA."),

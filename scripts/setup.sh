@@ -32,6 +32,17 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# javac 17+ builds netspark's JVM shuffle manager. Optional (without it JVM shuffles stay
+# Spark's own), so it is installed only as root and at best effort; otherwise the build
+# step below says in one line that it is missing.
+if ! { command -v javac >/dev/null && javac -version 2>&1 | grep -qE 'javac (1[7-9]|[2-9][0-9])'; } \
+        && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian package default-jdk-headless (javac, for the JVM part)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq default-jdk-headless >/dev/null; } ||
+        echo "setup: could not install default-jdk-headless; going on without it" >&2
+fi
+
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
     echo "setup: netspark needs Python 3.10 or newer ($PYTHON is $("$PYTHON" --version))" >&2
     exit 1
@@ -39,5 +50,8 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -e ".[dev,bench]"
-"$VENV/bin/python" -c 'import netspark._native' 
+"$VENV/bin/python" -c 'import netspark._native'
+# The JVM shuffle manager, against this venv's pyspark jars; a no-op when up to date.
+# Without a JDK it says so in one line and setup goes on: netspark works without it.
+"$VENV/bin/python" -m netspark.jvm.build || true
 echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -1))"

@@ -1,8 +1,10 @@
 """Turning netspark on for a SparkContext created with `spark.netspark.enabled=true`.
 
 Two moments matter. Before the JVM context exists (`_initialize_context`), the
-settings are validated and `spark.python.daemon.module` is pointed at netspark's
-daemon, so every executor starts its server. Right after (`_do_init`), the
+settings are validated and the Spark settings the flag adds (`plan`) are set:
+`spark.python.daemon.module` points at netspark's daemon, so every executor starts its
+server, and with `spark.netspark.jvm=true` netspark's JVM shuffle manager is named in
+`spark.shuffle.manager` and its jar added to `spark.jars`. Right after (`_do_init`), the
 coordinator starts, the executors' environment is filled in, and the RDD shuffles
 are rerouted. Anything that prevents activation is logged and Spark's own shuffle
 stays in place, except that `transport=rdma` and bad values fail loudly.
@@ -20,8 +22,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from netspark import jvm
 from netspark.config import PREFIX, ConfigError, NetsparkConf, parse_bool
 
 log = logging.getLogger("netspark")
@@ -54,11 +59,50 @@ def _executor_python(settings: dict[str, str]) -> str | None:
     return shutil.which(os.environ["PYSPARK_PYTHON"]) or os.environ["PYSPARK_PYTHON"]
 
 
-def plan(settings: dict[str, str]) -> NetsparkConf | None:
+@dataclass(frozen=True)
+class Plan:
+    """How netspark runs: its validated settings, and the Spark settings the flag adds
+    (set on the JVM's conf before the context starts)."""
+
+    conf: NetsparkConf
+    spark: dict[str, str] = field(default_factory=dict)
+    jar: Path | None = None  # netspark's JVM shuffle manager, when spark.shuffle.manager names it
+
+
+def _check_shuffle_manager(settings: dict[str, str], conf: NetsparkConf) -> None:
+    """A user's own spark.shuffle.manager and jvm=true cannot both hold: refuse, by name."""
+    chosen = settings.get("spark.shuffle.manager", "").strip()
+    if conf.jvm and chosen and chosen != jvm.MANAGER_CLASS:
+        raise ConfigError(
+            f"spark.shuffle.manager={chosen} conflicts with {PREFIX}jvm=true, which sets it to "
+            f"{jvm.MANAGER_CLASS}: unset spark.shuffle.manager, or set {PREFIX}jvm=false")
+
+
+def _jvm_settings(settings: dict[str, str], conf: NetsparkConf) -> dict[str, str]:
+    """spark.jars and spark.shuffle.manager for the JVM part, when asked for and built.
+    Executors load the manager from spark.jars (Spark 4, SPARK-45762), the driver from the
+    loader `_load_on_driver` adds the jar to: no extraClassPath (fixed at JVM launch)."""
+    if not conf.jvm:
+        return {}
+    jar = jvm.jar_path()
+    if jar is None:
+        log.warning("netspark: %sjvm=true but %s is not built (run `%s`; needs a JDK): "
+                    "JVM shuffles (DataFrame, SQL, GraphX) stay Spark's own, RDD shuffles "
+                    "go through netspark", PREFIX, jvm.JAR, jvm.BUILD_COMMAND)
+        return {}
+    jars = [entry.strip() for entry in settings.get("spark.jars", "").split(",")
+            if entry.strip()]
+    if not any(Path(entry.removeprefix("file:")) == jar for entry in jars):
+        jars.append(str(jar))
+    return {"spark.jars": ",".join(jars), "spark.shuffle.manager": jvm.MANAGER_CLASS}
+
+
+def plan(settings: dict[str, str]) -> Plan | None:
     """Decides, from the settings, whether and how netspark runs; None leaves Spark as is."""
     if not parse_bool(settings.get(PREFIX + "enabled", "false")):
         return None
     conf = NetsparkConf.from_spark(settings)  # a bad value is the user's to fix: raise
+    _check_shuffle_manager(settings, conf)
     problem = _incompatible(settings)
     python = _executor_python(settings)
     if problem is None and python is not None:
@@ -72,7 +116,22 @@ def plan(settings: dict[str, str]) -> NetsparkConf | None:
             raise ActivationError(f"netspark cannot run: {problem}")
         log.warning("netspark: not activated, Spark's own shuffle stays: %s", problem)
         return None
-    return conf
+    extra = _jvm_settings(settings, conf)
+    return Plan(conf, {"spark.python.daemon.module": DAEMON_MODULE, **extra},
+                jvm.JAR if extra else None)
+
+
+def _load_on_driver(gateway_jvm: Any, jar: Path) -> None:
+    """Puts `jar` on the driver's class loader, where SparkContext will look up the manager.
+    Executors load it from spark.jars (SPARK-45762), but the driver sees only the jars that
+    spark-submit put on its loader when the JVM was launched, and PySpark launches it before
+    netspark adds the jar. That loader (SparkSubmit's MutableURLClassLoader, the py4j threads'
+    context class loader) takes more URLs, as spark-submit's `--jars` do."""
+    loader = gateway_jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    url = gateway_jvm.java.io.File(str(jar)).toURI().toURL()
+    if url.toString() not in {known.toString() for known in loader.getURLs()}:
+        loader.addURL(url)
+    gateway_jvm.java.lang.Class.forName(jvm.MANAGER_CLASS, False, loader)  # fail here, not later
 
 
 class ShuffleState:
@@ -215,15 +274,25 @@ def wrap_spark_context(context_class: type) -> None:
             if settings.get(PREFIX + "transport", "").strip().lower() == "rdma":
                 raise ActivationError(f"netspark cannot run: {err}") from err
             log.warning("netspark: not activated, Spark's own shuffle stays: %s", err)
-        if self.__dict__.get("_netspark_plan") is not None:
-            jconf.set("spark.python.daemon.module", DAEMON_MODULE)
+        chosen = self.__dict__.get("_netspark_plan")
+        if chosen is not None:
+            extra = dict(chosen.spark)
+            if chosen.jar is not None:
+                try:
+                    _load_on_driver(self._jvm, chosen.jar)
+                except Exception as err:
+                    log.warning("netspark: the driver cannot load %s, JVM shuffles stay "
+                                "Spark's own: %s", jvm.MANAGER_CLASS, err)
+                    del extra["spark.shuffle.manager"]
+            for key, value in extra.items():
+                jconf.set(key, value)
         return initialize_context(self, jconf)
 
     def _do_init(self: Any, *args: Any, **kwargs: Any) -> None:
         do_init(self, *args, **kwargs)
-        conf = self.__dict__.pop("_netspark_plan", None)
-        if conf is not None:
-            activate(self, conf)
+        chosen = self.__dict__.pop("_netspark_plan", None)
+        if chosen is not None:
+            activate(self, chosen.conf)
 
     def _stop(self: Any) -> None:
         state = self.__dict__.get("_netspark")
