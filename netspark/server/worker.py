@@ -63,11 +63,8 @@ class ExecutorLink:
             if answer["owned"]:
                 landed.append(Landed(req, self.arena, extents, self.pool.release, "server"))
                 continue
-            path = answer["arena"]
-            if path not in self.peer_arenas:
-                self.peer_arenas[path] = Arena.attach(path)
-            landed.append(Landed(req, self.peer_arenas[path], extents, lambda b: None,
-                                 "server"))
+            landed.append(Landed(req, self.peers.peer_arena(answer["arena"]), extents,
+                                 lambda b: None, "server"))
         return landed
 
     def unregister(self, shuffle: int) -> int:

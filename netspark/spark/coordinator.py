@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 OnLost = Callable[[str, str], None]  # (executor id, why): make Spark recompute its outputs
 PROBE_TIMEOUT = 10.0  # for each step (connect, handshake) of the driver's probe of a server
 REPLACE_WAIT = 60.0  # how long Spark may take to remove an executor it was asked to replace
+MARGIN = 10.0  # for the messages around those waits
 # How long a reducer's report may wait for its verdict: the probe, then Spark's removal.
-VERDICT_TIMEOUT = 2 * PROBE_TIMEOUT + REPLACE_WAIT + 10.0
+VERDICT_TIMEOUT = 2 * PROBE_TIMEOUT + REPLACE_WAIT + MARGIN
 
 
 class Joined(NamedTuple):
@@ -150,7 +151,7 @@ class Coordinator:
             if first:
                 done = self._lost[executor] = threading.Event()
         if not first:
-            done.wait(REPLACE_WAIT + 10.0)
+            done.wait(REPLACE_WAIT + MARGIN)
             return
         try:
             log.warning("netspark: executor %s: %s", executor, why)

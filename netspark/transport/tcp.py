@@ -141,9 +141,7 @@ def _answer_fetch(sock: socket.socket, source: ExtentSource,
 def _answer_fetch_read(sock: socket.socket, source: ExtentSource, req: FetchReadReq) -> None:
     """ADVERTISE, then the DATA of every extent it named (all committed, by definition)."""
     extents = _answer_fetch(sock, source, req)
-    for index, ext in enumerate(extents or ()):
-        data = source.extent_data(ExtentRef(ext.map_id, ext.block_id, ext.offset, ext.length))
-        _send_all(sock, [Data(req.request_id, index, ext.length).encode(), data])
+    _send_extents(sock, source, req.request_id, refs_of(extents or ()))
 
 
 def _answer_read(sock: socket.socket, source: ExtentSource, req: ReadReq) -> None:
@@ -153,9 +151,18 @@ def _answer_read(sock: socket.socket, source: ExtentSource, req: ReadReq) -> Non
                 req.request_id, ErrorCode.OUT_OF_BOUNDS,
                 f"extent {index} {tuple(ref)} was not committed for shuffle {req.shuffle_id}"))
             return
-    for index, ref in enumerate(req.extents):
-        data = source.extent_data(ref)
-        _send_all(sock, [Data(req.request_id, index, ref.length).encode(), data])
+    _send_extents(sock, source, req.request_id, req.extents)
+
+
+def refs_of(extents: Sequence[Extent]) -> tuple[ExtentRef, ...]:
+    return tuple(ExtentRef(e.map_id, e.block_id, e.offset, e.length) for e in extents)
+
+
+def _send_extents(sock: socket.socket, source: ExtentSource, request_id: int,
+                  refs: Sequence[ExtentRef]) -> None:
+    """Each extent as a DATA header and its bytes, in one `sendmsg` (no staging copy)."""
+    for index, ref in enumerate(refs):
+        _send_all(sock, [Data(request_id, index, ref.length).encode(), source.extent_data(ref)])
 
 
 def _send_all(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
@@ -238,8 +245,7 @@ class TcpPeer:
                   targets: Sequence[memoryview]) -> None:
         """Streams each extent into the memory of the same index."""
         request_id = next(self._ids)
-        refs = tuple(ExtentRef(e.map_id, e.block_id, e.offset, e.length) for e in extents)
-        send_message(self.sock, ReadReq(request_id, shuffle, refs))
+        send_message(self.sock, ReadReq(request_id, shuffle, refs_of(extents)))
         self.receive_data(request_id, targets)
 
     def receive_data(self, request_id: int, targets: Sequence[memoryview]) -> None:
