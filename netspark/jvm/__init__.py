@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 MANAGER_CLASS = "org.apache.spark.shuffle.netspark.NetsparkShuffleManager"
+DATA_IO_CLASS = "org.apache.spark.shuffle.netspark.NetsparkDataIO"  # Spark's shuffle IO plugin
+DATA_IO_KEY = "spark.shuffle.sort.io.plugin.class"
 JAR = Path(__file__).resolve().parent / "netspark-shuffle.jar"
 BUILD_COMMAND = "python -m netspark.jvm.build"
 

@@ -16,7 +16,7 @@ import threading
 
 from netspark.config import ConfigError, NetsparkConf, parse_port_range
 from netspark.server.control import follow_coordinator
-from netspark.server.server import ShuffleServer
+from netspark.server.server import PathTaken, ShuffleServer
 from netspark.transport.auth import AuthError
 
 
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a spark.netspark.* setting (repeatable)")
     parser.add_argument("--parent", type=int, help="exit when this process dies")
     parser.add_argument("--executor-id", default="", help="Spark's id of this executor")
+    parser.add_argument("--local-path", help="also serve local clients on this UNIX "
+                                             "socket path (the JVM's); exit if it is served")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
                         help="the application's coordinator; exit when it goes away")
     parser.add_argument("--log-level", default="INFO")
@@ -89,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ShuffleServer(conf, secret=secret, app_id=args.app_id, host=args.host,
                                port=ports, advertise_host=args.advertise_host,
-                               executor_id=args.executor_id).start()
+                               executor_id=args.executor_id,
+                               local_path=args.local_path).start()
     except Exception as err:  # the reason goes where the starter reads the address
-        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+        print(json.dumps({"error": f"{type(err).__name__}: {err}",
+                          "already_served": isinstance(err, PathTaken)}), flush=True)
         print(f"netspark.server: cannot start: {err}", file=sys.stderr)
         return 1
     stop = threading.Event()
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             return 1
     print(json.dumps({"address": vars(server.address), "local": server.local_name[1:],
+                      "local_path": server.local_path,
                       "pid": os.getpid()}), flush=True)
     while not stop.wait(0.5):
         pass

@@ -30,6 +30,17 @@ def socket_name(app_id: str, tcp_port: int) -> str:
     return f"\0netspark-{app_id}-{tcp_port}"
 
 
+def is_served(path: str) -> bool:
+    """Whether a process accepts connections on the UNIX socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def send_json(sock: socket.socket, obj: Any) -> None:
     data = json.dumps(obj, separators=(",", ":")).encode()
     sock.sendall(LENGTH.pack(len(data)) + data)

@@ -22,12 +22,18 @@ from typing import Any
 from netspark.buffer_manager import Arena, ArenaError, BlockPool
 from netspark.config import NetsparkConf
 from netspark.serde import Extent
-from netspark.server.local_api import peer_credentials, recv_json, send_json, socket_name
+from netspark.server.local_api import (
+    is_served,
+    peer_credentials,
+    recv_json,
+    send_json,
+    socket_name,
+)
 from netspark.server.registry import BadCommit, Partition, Registry
 from netspark.server.spill import Spiller, default_directory
 from netspark.transport import protocol
 from netspark.transport.auth import server_handshake
-from netspark.transport.fetch import Fetcher, FetchRequest, PeerAddress, host_key
+from netspark.transport.fetch import Fetcher, FetchFailed, FetchRequest, PeerAddress, host_key
 from netspark.transport.tcp import serve_peer
 
 log = logging.getLogger(__name__)
@@ -53,17 +59,51 @@ def listen_in_range(host: str, ports: int | tuple[int, int]) -> socket.socket:
                      f"spark.netspark.bindAddress): {last}")
 
 
+class PathTaken(OSError):
+    """Another live server listens on the local socket path."""
+
+
+def listen_on_path(path: str) -> socket.socket:
+    """A UNIX listener at `path`; a socket file that nobody serves (its server was
+    killed) is replaced, one that somebody does raises PathTaken."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            listener.bind(path)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            if is_served(path):
+                raise PathTaken(errno.EADDRINUSE, f"{path} is served already") from None
+            os.unlink(path)
+            listener.bind(path)
+        listener.listen(128)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
 class ShuffleServer:
     """One per executor. `start()` serves in background threads; `stop()` ends it all."""
 
     def __init__(self, conf: NetsparkConf, *, secret: bytes, app_id: str,
                  host: str = "127.0.0.1", port: int | tuple[int, int] = 0,
-                 advertise_host: str | None = None, executor_id: str = "") -> None:
+                 advertise_host: str | None = None, executor_id: str = "",
+                 local_path: str | None = None) -> None:
+        """`local_path`: a UNIX socket path to serve local clients on too (the JVM's,
+        which cannot reach the abstract name), taken before anything else is made."""
         self.conf = conf
+        self.local_path = local_path
+        self._path_listener = listen_on_path(local_path) if local_path else None
         self.executor_id = executor_id
         self.secret = secret
         self.app_id = app_id
-        self.arena = Arena.create(conf, name=f"netspark-{app_id}")
+        try:
+            self.arena = Arena.create(conf, name=f"netspark-{app_id}")
+        except BaseException:
+            self._close_path()
+            raise
         self.registry = Registry(self.arena.block_size)
         blocks = self.arena.max_blocks
         self.spiller = Spiller(self.registry, self.arena, default_directory(conf.spill_dir),
@@ -84,6 +124,7 @@ class ShuffleServer:
             self.rdma = self._open_rdma(advertise_host or host)
         except BaseException:
             self.arena.close()
+            self._close_path()
             raise
         port = self._tcp.getsockname()[1]
         self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
@@ -132,6 +173,8 @@ class ShuffleServer:
                      "makes writers wait, then fail with PoolExhausted")
         self._spawn(self._accept, self._tcp, self._serve_network, "netspark-tcp")
         self._spawn(self._accept, self._unix, self._serve_local, "netspark-local")
+        if self._path_listener is not None:
+            self._spawn(self._accept, self._path_listener, self._serve_local, "netspark-local")
         log.info("netspark server for %s listening on %s (local %r); arena: %s",
                  self.app_id, self.address, self.local_name[1:], self.arena.stats())
         return self
@@ -167,6 +210,7 @@ class ShuffleServer:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self._close_path()
         for conn in list(self._connections):  # peers keep theirs open between tasks
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -177,6 +221,16 @@ class ShuffleServer:
         self.spiller.close()
         self.arena.close()
         log.info("netspark server for %s stopped", self.app_id)
+
+    def _close_path(self) -> None:
+        if self._path_listener is None:
+            return
+        with contextlib.suppress(OSError):
+            self._path_listener.shutdown(socket.SHUT_RDWR)
+        self._path_listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.local_path)
+        self._path_listener = None
 
     # ---- network peers: what transport.tcp.ExtentSource asks ----
 
@@ -238,7 +292,16 @@ class ShuffleServer:
         try:
             if op == "info":
                 return {"ok": True, "address": list(vars(self.address).values()),
-                        "block_size": self.arena.block_size, "pid": os.getpid()}
+                        "block_size": self.arena.block_size, "pid": os.getpid(),
+                        "data_offset": self.arena.data_offset,
+                        "executor": self.executor_id,
+                        "acquire_timeout": self.conf.buffer_acquireTimeout,
+                        "max_bytes_in_flight": self.conf.reducer_maxBytesInFlight}
+            if op == "lease":  # for clients that cannot lease from the arena themselves
+                return {"ok": True, "blocks": self.arena.lease(int(request["count"]), pid)}
+            if op == "release":
+                self.arena.release([int(b) for b in request["blocks"]], pid)
+                return {"ok": True}
             if op == "commit":
                 self.commit(pid, request)
                 return {"ok": True}
@@ -249,7 +312,7 @@ class ShuffleServer:
             if op == "fetch":
                 return {"ok": True, "landed": self.fetch_for(pid, request["requests"])}
             return {"ok": False, "error": f"unknown request {op!r}"}
-        except (BadCommit, ArenaError, KeyError, TypeError, ValueError) as err:
+        except (BadCommit, ArenaError, FetchFailed, KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 
     def commit(self, pid: int, request: dict[str, Any]) -> None:
@@ -287,7 +350,8 @@ class ShuffleServer:
                 self.arena.transfer(blocks, to_pid=pid)
                 self._fetcher.disown(len(blocks))
             answers.append({"arena": path if not owned else self.arena.path, "owned": owned,
-                            "extents": [list(e) for e in landed.extents]})
+                            "extents": [list(e) for e in landed.extents],
+                            "maps": landed.map_ids})
         return answers
 
     def unregister(self, shuffle: int) -> int:

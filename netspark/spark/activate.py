@@ -71,11 +71,12 @@ class Plan:
 
 def _check_shuffle_manager(settings: dict[str, str], conf: NetsparkConf) -> None:
     """A user's own spark.shuffle.manager and jvm=true cannot both hold: refuse, by name."""
-    chosen = settings.get("spark.shuffle.manager", "").strip()
-    if conf.jvm and chosen and chosen != jvm.MANAGER_CLASS:
-        raise ConfigError(
-            f"spark.shuffle.manager={chosen} conflicts with {PREFIX}jvm=true, which sets it to "
-            f"{jvm.MANAGER_CLASS}: unset spark.shuffle.manager, or set {PREFIX}jvm=false")
+    for key, ours in (("spark.shuffle.manager", jvm.MANAGER_CLASS),
+                      (jvm.DATA_IO_KEY, jvm.DATA_IO_CLASS)):
+        chosen = settings.get(key, "").strip()
+        if conf.jvm and chosen and chosen != ours:
+            raise ConfigError(f"{key}={chosen} conflicts with {PREFIX}jvm=true, which sets it "
+                              f"to {ours}: unset {key}, or set {PREFIX}jvm=false")
 
 
 def _jvm_settings(settings: dict[str, str], conf: NetsparkConf) -> dict[str, str]:
@@ -94,7 +95,8 @@ def _jvm_settings(settings: dict[str, str], conf: NetsparkConf) -> dict[str, str
             if entry.strip()]
     if not any(Path(entry.removeprefix("file:")) == jar for entry in jars):
         jars.append(str(jar))
-    return {"spark.jars": ",".join(jars), "spark.shuffle.manager": jvm.MANAGER_CLASS}
+    return {"spark.jars": ",".join(jars), "spark.shuffle.manager": jvm.MANAGER_CLASS,
+            jvm.DATA_IO_KEY: jvm.DATA_IO_CLASS}
 
 
 def plan(settings: dict[str, str]) -> Plan | None:
@@ -219,14 +221,17 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
     coordinator = Coordinator(host, bind_host=bind, secret=secret.encode(),
                               app_id=sc.applicationId, timeout=conf.network_timeout,
                               on_lost=lambda executor, why: replace_executor(sc, executor))
-    sc.environment.update({
+    environment = {  # for the executors' servers (netspark.spark.launch) and workers
         "NETSPARK_CONF": json.dumps({k: v for k, v in settings.items()
                                      if k.startswith(PREFIX)}),
         "NETSPARK_SECRET": secret,
         "NETSPARK_APP_ID": sc.applicationId,
         "NETSPARK_COORDINATOR": "{}:{}".format(*coordinator.address),
         "NETSPARK_LOCAL_ONLY": "1" if local else "",
-    })
+    }
+    sc.environment.update(environment)
+    if settings.get("spark.shuffle.manager") == jvm.MANAGER_CLASS:
+        _configure_jvm(sc, {"python": sc.pythonExec, "env": environment})
     state = ShuffleState(sc, conf, coordinator)
     sc._netspark = state
     shuffle.install()
@@ -234,6 +239,14 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
     log.info("netspark: enabled for %s (transport=%s, localShortCircuit=%s, pool %d MiB)",
              sc.applicationId, conf.transport, conf.localShortCircuit,
              conf.buffer_poolSize >> 20)
+
+
+def _configure_jvm(sc: Any, runtime: dict[str, Any] | None) -> None:
+    """From now on (until None) the driver's JVM shuffle manager registers netspark shuffles:
+    their handles carry `runtime` to the executors, which start or find their servers with
+    it (netspark.spark.launch)."""
+    sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager.configure(
+        None if runtime is None else json.dumps(runtime))
 
 
 def _executor_ids(sc: Any) -> set[str]:
@@ -283,7 +296,7 @@ def wrap_spark_context(context_class: type) -> None:
                 except Exception as err:
                     log.warning("netspark: the driver cannot load %s, JVM shuffles stay "
                                 "Spark's own: %s", jvm.MANAGER_CLASS, err)
-                    del extra["spark.shuffle.manager"]
+                    del extra["spark.shuffle.manager"], extra[jvm.DATA_IO_KEY]
             for key, value in extra.items():
                 jconf.set(key, value)
         return initialize_context(self, jconf)
@@ -299,6 +312,8 @@ def wrap_spark_context(context_class: type) -> None:
         if state is not None:
             state.coordinator.stopping()  # executors ending now are not lost
         try:
+            if state is not None and self._conf.get("spark.shuffle.manager") == jvm.MANAGER_CLASS:
+                _configure_jvm(self, None)
             stop(self)
         finally:
             state = self.__dict__.pop("_netspark", None)

@@ -45,7 +45,7 @@ def executor_link() -> ExecutorLink:
                                       f"{error}")
         try:
             conf = NetsparkConf.from_spark(json.loads(os.environ["NETSPARK_CONF"]))
-            _link = ExecutorLink("\0" + os.environ["NETSPARK_SERVER"], conf,
+            _link = ExecutorLink(os.environ["NETSPARK_SERVER"], conf,
                                  secret=os.environ["NETSPARK_SECRET"].encode(),
                                  app_id=os.environ["NETSPARK_APP_ID"])
         except KeyError as err:

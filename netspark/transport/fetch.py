@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netspark.buffer_manager import Arena, BlockPool
@@ -77,6 +77,7 @@ class Landed:
     extents: list[Extent]
     release: Callable[[int], None]
     via: str
+    map_ids: list[int] = field(default_factory=list)  # the map of each extent
 
 
 class FetchFailed(IOError):
@@ -216,7 +217,8 @@ class Fetcher:
         if route == "local" and not spilled:  # spilled extents come over TCP
             arena = self.peers.peer_arena(req.peer.arena_path)
             extents = [Extent(e.block_id, e.offset, e.length, e.crc) for e in advertised]
-            return Landed(req, arena, extents, lambda block: None, "local")
+            return Landed(req, arena, extents, lambda block: None, "local",
+                          [e.map_id for e in advertised])
         blocks, extents, targets = self._land(advertised)
         try:
             if sent.with_data:
@@ -227,7 +229,8 @@ class Fetcher:
             for block in blocks:
                 self._release(block)
             raise
-        return Landed(req, self.pool.arena, extents, self._release, route)
+        return Landed(req, self.pool.arena, extents, self._release, route,
+                      [e.map_id for e in advertised])
 
     def _land(self, advertised: Sequence[protocol.Extent]
               ) -> tuple[list[int], list[Extent], list[memoryview]]:

@@ -1,0 +1,167 @@
+package org.apache.spark.shuffle.netspark;
+
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ConcurrentLinkedQueue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * This executor's netspark server, as the JVM sees it: found or started on first use
+ * ({@code python -m netspark.spark.launch}, the same launcher PySpark's daemon uses, so that
+ * one server serves both), with its arena mapped and a few connections kept for the tasks.
+ */
+final class ExecutorServer {
+  private static final Logger LOG = LoggerFactory.getLogger(ExecutorServer.class);
+  private static ExecutorServer current;
+
+  final String localPath;
+  final ArenaMap arena;
+  final String location; // this server's address, as MapStatus topology info (PeerLocation)
+  final long acquireTimeoutMs;
+  final long requestBudget; // bytes of map output one fetch request may ask for
+  private final byte[] secret;
+  private final String appId;
+  private final ConcurrentLinkedQueue<ServerConnection> idle = new ConcurrentLinkedQueue<>();
+  private final ConcurrentHashMap<String, ArenaMap> peerArenas = new ConcurrentHashMap<>();
+
+  private ExecutorServer(String localPath, Runtime runtime) throws IOException {
+    this.localPath = localPath;
+    this.secret = runtime.secret.getBytes(StandardCharsets.UTF_8);
+    this.appId = runtime.appId;
+    JsonNode info = call("info", Map.of());
+    JsonNode address = info.get("address"); // host, port, host key, arena path
+    this.arena = new ArenaMap(address.get(3).asText(), info.get("block_size").asInt(),
+        info.get("data_offset").asLong(), true);
+    this.location = PeerLocation.format(address.get(0).asText(), address.get(1).asInt(),
+        address.get(2).asText(), address.get(3).asText());
+    this.acquireTimeoutMs = (long) (info.get("acquire_timeout").asDouble() * 1000);
+    this.requestBudget = Math.max(1, info.get("max_bytes_in_flight").asLong() / 2);
+  }
+
+  /** The server of this executor for the application of {@code runtime}. */
+  static synchronized ExecutorServer get(Runtime runtime) throws IOException {
+    if (current == null || !current.appId.equals(runtime.appId)) {
+      current = new ExecutorServer(launch(runtime), runtime);
+      LOG.info("netspark: JVM shuffles of this executor go through its server at {} ({})",
+          current.localPath, current.location);
+    }
+    return current;
+  }
+
+  /** The server, if one was reached in this JVM (for unregistering shuffles at their end). */
+  static synchronized ExecutorServer existing() {
+    return current;
+  }
+
+  private static String launch(Runtime runtime) throws IOException {
+    ProcessBuilder builder = new ProcessBuilder(runtime.python, "-m", "netspark.spark.launch");
+    builder.environment().putAll(runtime.environment());
+    builder.redirectError(ProcessBuilder.Redirect.INHERIT); // the server keeps it: don't wait on it
+    builder.redirectInput(ProcessBuilder.Redirect.PIPE);
+    Process launcher = builder.start();
+    launcher.getOutputStream().close();
+    String line;
+    try (BufferedReader out = new BufferedReader(
+        new InputStreamReader(launcher.getInputStream(), StandardCharsets.UTF_8))) {
+      line = out.readLine();
+    }
+    try {
+      launcher.waitFor();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IOException("interrupted while starting the netspark server", e);
+    }
+    if (line == null) {
+      throw new IOException("netspark: the server launcher (" + runtime.python
+          + " -m netspark.spark.launch) printed nothing; exit status " + launcher.exitValue()
+          + " (is netspark installed in the executors' Python?)");
+    }
+    JsonNode reply = ServerConnection.JSON.readTree(line);
+    if (reply.has("error")) {
+      throw new IOException("netspark: this executor's server did not start: "
+          + reply.get("error").asText());
+    }
+    return reply.get("local").asText();
+  }
+
+  JsonNode call(String op, Map<String, Object> args) throws IOException {
+    ServerConnection connection = idle.poll();
+    if (connection == null) {
+      connection = new ServerConnection(localPath, secret, appId);
+    }
+    try {
+      JsonNode reply = connection.call(op, args);
+      idle.add(connection);
+      return reply;
+    } catch (ServerConnection.Refused e) {
+      idle.add(connection); // a refusal leaves the connection in step
+      throw e;
+    } catch (IOException e) {
+      connection.close();
+      throw e;
+    }
+  }
+
+  /** {@code count} blocks of the arena, ours until committed or released; waits for room. */
+  List<Integer> lease(int count) throws IOException {
+    long deadline = System.currentTimeMillis() + acquireTimeoutMs;
+    List<Integer> blocks = new ArrayList<>();
+    long pause = 5;
+    while (true) {
+      for (Iterator<JsonNode> it = call("lease", Map.of("count", count - blocks.size()))
+          .get("blocks").elements(); it.hasNext(); ) {
+        blocks.add(it.next().asInt());
+      }
+      if (blocks.size() == count) {
+        return blocks;
+      }
+      if (System.currentTimeMillis() > deadline) {
+        release(blocks);
+        throw new IOException("netspark: the arena had no free block for "
+            + (acquireTimeoutMs / 1000) + " s (spark.netspark.buffer.poolSize, "
+            + "spark.netspark.buffer.acquireTimeout)");
+      }
+      try {
+        Thread.sleep(pause);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        release(blocks);
+        throw new IOException("interrupted while waiting for arena blocks", e);
+      }
+      pause = Math.min(pause * 2, 200);
+    }
+  }
+
+  void release(List<Integer> blocks) throws IOException {
+    if (!blocks.isEmpty()) {
+      call("release", Map.of("blocks", blocks));
+    }
+  }
+
+  /** The arena at {@code path}: ours, or a same-host peer's (read in place). */
+  ArenaMap arenaAt(String path) throws IOException {
+    if (path.equals(arena.path)) {
+      return arena;
+    }
+    ArenaMap peer = peerArenas.get(path);
+    if (peer == null) {
+      peer = new ArenaMap(path, arena.blockSize, arena.dataOffset, false); // same conf, same layout
+      ArenaMap raced = peerArenas.putIfAbsent(path, peer);
+      if (raced != null) {
+        peer.close();
+        peer = raced;
+      }
+    }
+    return peer;
+  }
+}

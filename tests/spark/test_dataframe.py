@@ -1,0 +1,56 @@
+"""DataFrame and SQL shuffles through netspark (spark.netspark.jvm=true): every operation of
+`dataframe_ops` under every SQL setting returns exactly what it returns with the flag off,
+and the map outputs of its shuffles were held by netspark's servers. Both runs happen on the
+same local cluster shape, one after the other, in this process."""
+
+import shutil
+
+import pytest
+
+from tests.spark import dataframe_ops
+from tests.spark.conftest import spark_context
+
+pytestmark = pytest.mark.slow
+COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
+
+
+def _answers(**settings: str) -> tuple[dict, list[list[int]]]:
+    from pyspark.sql import SparkSession
+
+    with spark_context(**COMMON, **settings) as sc:
+        answers = dataframe_ops.run_all(SparkSession(sc))
+        counts = []
+        if settings:
+            manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
+            shuffles = sc._jsc.sc().newShuffleId()  # one past the last shuffle of the run
+            counts = [list(manager.mapOutputsThroughNetspark(i)) for i in range(shuffles)]
+        return answers, counts
+
+
+@pytest.fixture(scope="module")
+def runs():
+    from netspark.jvm.build import BuildError, build
+
+    if shutil.which("javac") is None:
+        pytest.skip("no javac: the JVM shuffle manager cannot be built here")
+    try:
+        build()
+    except BuildError as err:
+        pytest.fail(str(err))
+    spark_own, _ = _answers()
+    ours, counts = _answers(**{"netspark.enabled": "true", "netspark.jvm": "true"})
+    return spark_own, ours, counts
+
+
+@pytest.mark.parametrize("setting", range(len(dataframe_ops.SETTINGS)))
+@pytest.mark.parametrize("operation", dataframe_ops.OPERATIONS)
+def test_flag_on_returns_what_flag_off_returns(runs, operation, setting):
+    spark_own, ours, _ = runs
+    assert ours[operation, setting] == spark_own[operation, setting]
+
+
+def test_the_jvm_shuffles_went_through_netspark(runs):
+    *_, counts = runs
+    held = [c for c in counts if c[1]]  # shuffles whose map outputs are still registered
+    assert len(held) >= 5, counts  # the rest were cleaned up as their DataFrames went
+    assert all(ours == total for ours, total in held), counts
