@@ -21,7 +21,7 @@ def main() -> None:
     from netspark.spark import launch, memory
 
     memory.install()  # before the workers fork: they inherit it
-    server = None
+    server, path = None, None
     try:
         executor = os.getppid()  # PySpark's daemon is a child of its executor's JVM
         server, path = launch.find_or_start(executor, parent=os.getpid())
@@ -34,8 +34,10 @@ def main() -> None:
     try:
         daemon.manager()
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
+        if server is not None:
+            if server.poll() is None:
+                server.terminate()
+            launch.remove_if_unserved(path)  # a killed server leaves its socket file
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ NETSPARK_LOCAL_ONLY) and prints one JSON line: `{"local": path}` or `{"error": w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -36,6 +37,13 @@ def socket_path(app_id: str, executor_pid: int) -> str:
     """Where the server of executor JVM `executor_pid` listens for local clients
     (short: a UNIX socket path has 108 bytes at most)."""
     return os.path.join(tempfile.gettempdir(), f"netspark-{app_id}-{executor_pid}.sock")
+
+
+def remove_if_unserved(path: str) -> None:
+    """Deletes the socket file of a server that is gone (stopped ones delete their own)."""
+    if os.path.exists(path) and not is_served(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def find_or_start(executor_pid: int, parent: int) -> tuple[subprocess.Popen | None, str]:

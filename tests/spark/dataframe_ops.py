@@ -161,3 +161,38 @@ def run_all(spark: Any) -> dict[tuple[str, int], Rows]:
         for name in OPERATIONS:
             answers[name, index] = operations[name](t)
     return answers
+
+
+def write_rmat_edges(path: str, scale: int = 10, edges: int = 8000, seed: int = 7) -> None:
+    """An R-MAT power-law graph (Graph500's quadrant probabilities) as GraphLoader's edge
+    list, the same in every run."""
+    rng = random.Random(seed)
+    with open(path, "w") as out:
+        for _ in range(edges):
+            src = dst = 0
+            for bit in range(scale):
+                r = rng.random()
+                src |= (r >= 0.76) << bit  # quadrants c, d
+                dst |= (0.57 <= r < 0.76 or r >= 0.95) << bit  # b, d
+            out.write(f"{src}\t{dst}\n")
+
+
+def graphx_ranks(sc: Any, edge_file: str, out_dir: str) -> dict[str, dict[int, float]]:
+    """GraphX's static (10 iterations) and until-convergence PageRank, through py4j."""
+    import glob
+
+    jvm = sc._jvm
+    memory = jvm.org.apache.spark.storage.StorageLevel.MEMORY_ONLY()
+    graph = jvm.org.apache.spark.graphx.GraphLoader.edgeListFile(
+        sc._jsc.sc(), edge_file, False, 4, memory, memory)
+    ranks = {}
+    for name, ranked in (("static", graph.ops().staticPageRank(10, 0.15)),
+                         ("convergence", graph.ops().pageRank(1e-6, 0.15))):
+        ranked.vertices().saveAsTextFile(f"{out_dir}/{name}")
+        ranks[name] = {}
+        for part in glob.glob(f"{out_dir}/{name}/part-*"):
+            with open(part) as lines:
+                for line in lines:
+                    vertex, rank = line.strip().strip("()").split(",")
+                    ranks[name][int(vertex)] = float(rank)
+    return ranks

@@ -4,6 +4,7 @@ and the map outputs of its shuffles were held by netspark's servers. Both runs h
 same local cluster shape, one after the other, in this process."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +15,12 @@ pytestmark = pytest.mark.slow
 COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
 
 
-def _answers(**settings: str) -> tuple[dict, list[list[int]]]:
+def _answers(edges: Path, out: Path, **settings: str) -> tuple[dict, list[list[int]]]:
     from pyspark.sql import SparkSession
 
     with spark_context(**COMMON, **settings) as sc:
         answers = dataframe_ops.run_all(SparkSession(sc))
+        answers["graphx"] = dataframe_ops.graphx_ranks(sc, str(edges), str(out))
         counts = []
         if settings:
             manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
@@ -28,7 +30,7 @@ def _answers(**settings: str) -> tuple[dict, list[list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
     from netspark.jvm.build import BuildError, build
 
     if shutil.which("javac") is None:
@@ -37,8 +39,11 @@ def runs():
         build()
     except BuildError as err:
         pytest.fail(str(err))
-    spark_own, _ = _answers()
-    ours, counts = _answers(**{"netspark.enabled": "true", "netspark.jvm": "true"})
+    here = tmp_path_factory.mktemp("dataframe")
+    dataframe_ops.write_rmat_edges(str(here / "edges.txt"))
+    spark_own, _ = _answers(here / "edges.txt", here / "off")
+    ours, counts = _answers(here / "edges.txt", here / "on",
+                            **{"netspark.enabled": "true", "netspark.jvm": "true"})
     return spark_own, ours, counts
 
 
@@ -54,3 +59,11 @@ def test_the_jvm_shuffles_went_through_netspark(runs):
     held = [c for c in counts if c[1]]  # shuffles whose map outputs are still registered
     assert len(held) >= 5, counts  # the rest were cleaned up as their DataFrames went
     assert all(ours == total for ours, total in held), counts
+
+
+@pytest.mark.parametrize("kind", ["static", "convergence"])
+def test_graphx_pagerank_ranks_equal_spark_own(runs, kind):
+    spark_own, ours, _ = runs
+    theirs, mine = spark_own["graphx"][kind], ours["graphx"][kind]
+    assert len(theirs) > 500 and mine.keys() == theirs.keys()
+    assert all(abs(mine[v] - theirs[v]) <= 1e-9 * abs(theirs[v]) for v in theirs)

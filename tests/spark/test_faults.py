@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -173,6 +174,7 @@ def test_nothing_is_left_behind(ending):
         return processes(f"netspark.server --app-id {app}") + processes("netspark.spark.daemon")
 
     assert wait_until_gone(ours, 60) == [], "netspark processes survived the application"
+    assert list(Path(tempfile.gettempdir()).glob(f"netspark-{app}-*")) == []  # their sockets
     # Spark's standalone Worker relaunches executors while an abruptly ended driver
     # shuts down (20 or so per run here); one launched last can wait for the dying
     # driver several times spark.rpc.askTimeout before it exits (CI once saw one

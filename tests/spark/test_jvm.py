@@ -47,7 +47,8 @@ def test_jar_present_names_the_manager_and_appends_the_jar(built_jar):
     chosen = plan({**REMOTE, "spark.netspark.jvm": "true", "spark.jars": "/opt/a.jar,b.jar"})
     assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE,
                             "spark.jars": f"/opt/a.jar,b.jar,{built_jar}",
-                            "spark.shuffle.manager": MANAGER}
+                            "spark.shuffle.manager": MANAGER,
+                            netspark.jvm.DATA_IO_KEY: netspark.jvm.DATA_IO_CLASS}
     assert chosen.jar == built_jar  # for the driver's class loader
     # already listed, or the manager already named: nothing doubled, nothing refused
     again = plan({**REMOTE, "spark.netspark.jvm": "true", "spark.jars": f"file:{built_jar}",
@@ -65,11 +66,13 @@ def test_jar_missing_warns_how_to_build_and_keeps_the_rdd_path(no_jar, caplog):
     assert len(warnings) == 1 and netspark.jvm.BUILD_COMMAND in warnings[0]
 
 
-@pytest.mark.parametrize("manager", ["sort", "org.example.OtherShuffleManager"])
-def test_a_different_shuffle_manager_is_refused_by_name(built_jar, manager):
-    with pytest.raises(ConfigError, match="spark.shuffle.manager") as err:
-        plan({**REMOTE, "spark.netspark.jvm": "true", "spark.shuffle.manager": manager})
-    assert manager in str(err.value) and "spark.netspark.jvm" in str(err.value)
+@pytest.mark.parametrize("key,theirs", [("spark.shuffle.manager", "sort"),
+                                        ("spark.shuffle.manager", "org.example.OtherManager"),
+                                        (netspark.jvm.DATA_IO_KEY, "org.example.OtherDataIO")])
+def test_a_different_shuffle_manager_or_io_plugin_is_refused_by_name(built_jar, key, theirs):
+    with pytest.raises(ConfigError, match=key) as err:
+        plan({**REMOTE, "spark.netspark.jvm": "true", key: theirs})
+    assert theirs in str(err.value) and "spark.netspark.jvm" in str(err.value)
 
 
 def test_a_user_shuffle_manager_is_left_alone_without_jvm(built_jar):

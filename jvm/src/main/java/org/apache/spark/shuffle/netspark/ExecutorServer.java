@@ -52,6 +52,8 @@ final class ExecutorServer {
   static synchronized ExecutorServer get(Runtime runtime) throws IOException {
     if (current == null || !current.appId.equals(runtime.appId)) {
       current = new ExecutorServer(launch(runtime), runtime);
+      String path = current.localPath;
+      java.lang.Runtime.getRuntime().addShutdownHook(new Thread(() -> removeIfUnserved(path)));
       LOG.info("netspark: JVM shuffles of this executor go through its server at {} ({})",
           current.localPath, current.location);
     }
@@ -61,6 +63,20 @@ final class ExecutorServer {
   /** The server, if one was reached in this JVM (for unregistering shuffles at their end). */
   static synchronized ExecutorServer existing() {
     return current;
+  }
+
+  /** A server that was killed leaves its socket file; one that stops deletes its own. */
+  private static void removeIfUnserved(String path) {
+    try (java.nio.channels.SocketChannel probe =
+        java.nio.channels.SocketChannel.open(java.net.StandardProtocolFamily.UNIX)) {
+      probe.connect(java.net.UnixDomainSocketAddress.of(path));
+    } catch (IOException gone) {
+      try {
+        java.nio.file.Files.deleteIfExists(java.nio.file.Path.of(path));
+      } catch (IOException ignored) {
+        // nothing more to do while the JVM exits
+      }
+    }
   }
 
   private static String launch(Runtime runtime) throws IOException {

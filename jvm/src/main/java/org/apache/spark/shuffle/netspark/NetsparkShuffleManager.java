@@ -64,7 +64,8 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     if (LOGGED.compareAndSet(false, true)) {
       side = where;
       active = true;
-      LOG.info("netspark shuffle manager active on {}", "driver".equals(where) ? "the driver" : where);
+      LOG.info("netspark shuffle manager active on {} (JVM shuffles go through netspark once "
+          + "its driver side is on)", "driver".equals(where) ? "the driver" : where);
     }
   }
 
