@@ -3,13 +3,15 @@
 and the map outputs of its shuffles were held by netspark's servers. Both runs happen on the
 same local cluster shape, one after the other, in this process."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.spark import dataframe_ops
-from tests.spark.conftest import spark_context
+from tests.spark.conftest import (
+    require_jvm_jar,
+    spark_context,
+)
 
 pytestmark = pytest.mark.slow
 COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
@@ -31,14 +33,7 @@ def _answers(edges: Path, out: Path, **settings: str) -> tuple[dict, list[list[i
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from netspark.jvm.build import BuildError, build
-
-    if shutil.which("javac") is None:
-        pytest.skip("no javac: the JVM shuffle manager cannot be built here")
-    try:
-        build()
-    except BuildError as err:
-        pytest.fail(str(err))
+    require_jvm_jar()
     here = tmp_path_factory.mktemp("dataframe")
     dataframe_ops.write_rmat_edges(str(here / "edges.txt"))
     spark_own, _ = _answers(here / "edges.txt", here / "off")

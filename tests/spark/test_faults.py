@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from netspark.buffer_manager import Arena
-from tests.spark.conftest import spark_context
+from tests.spark.conftest import (
+    flip_a_byte_in_every_committed_block,
+    spark_context,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -113,16 +115,7 @@ def test_a_flipped_byte_in_a_committed_block_is_caught():
     with spark_context(**{"netspark.enabled": "true"}) as sc:
         shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
         assert shuffled.count() == 20_000  # map outputs committed, kept for the next job
-        flipped = 0
-        for server in sc._netspark.coordinator.servers:
-            arena = Arena.attach(server["arena_path"])
-            owner = int(server["arena_path"].split("/")[2])
-            for block in range(arena.max_blocks):
-                if arena.owner_of(block) == owner:
-                    arena.block_view(block)[100] ^= 0xFF
-                    flipped += 1
-            arena.close()
-        assert flipped > 0
+        assert flip_a_byte_in_every_committed_block(sc) > 0
         with pytest.raises(Exception, match="crc32c"):
             shuffled.collect()
 

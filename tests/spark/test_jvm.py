@@ -5,7 +5,6 @@ plain Python computes."""
 
 import logging
 import random
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import netspark.jvm
 from netspark.config import ConfigError
 from netspark.spark.activate import DAEMON_MODULE, plan
-from tests.spark.conftest import spark_context
+from tests.spark.conftest import require_jvm_jar, spark_context
 
 MANAGER = netspark.jvm.MANAGER_CLASS
 # A master the executors' Python check does not apply to: plan() then starts nothing.
@@ -84,14 +83,7 @@ def test_a_user_shuffle_manager_is_left_alone_without_jvm(built_jar):
 
 @pytest.fixture(scope="module")
 def sc():
-    from netspark.jvm.build import BuildError, build
-
-    if shutil.which("javac") is None:
-        pytest.skip("no javac: the JVM shuffle manager cannot be built here")
-    try:
-        build()  # a no-op when the jar is newer than its sources
-    except BuildError as err:
-        pytest.fail(str(err))
+    require_jvm_jar()
     with spark_context(**{"netspark.enabled": "true", "netspark.jvm": "true",
                           "sql.autoBroadcastJoinThreshold": "-1"}) as context:
         assert getattr(context, "_netspark", None) is not None

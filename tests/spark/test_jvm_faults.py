@@ -1,26 +1,21 @@
 """Faults in JVM shuffles through netspark (spark.netspark.jvm=true), on a 2-executor
 cluster: Spark's FetchFailedException recovery gives the right answer."""
 
-import shutil
 
 import pytest
 
-from netspark.buffer_manager import Arena
-from tests.spark.conftest import spark_context
+from tests.spark.conftest import (
+    flip_a_byte_in_every_committed_block,
+    require_jvm_jar,
+    spark_context,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
 def jar():
-    from netspark.jvm.build import BuildError, build
-
-    if shutil.which("javac") is None:
-        pytest.skip("no javac: the JVM shuffle manager cannot be built here")
-    try:
-        build()
-    except BuildError as err:
-        pytest.fail(str(err))
+    require_jvm_jar()
 
 
 def test_a_flipped_byte_in_a_jvm_map_output_is_recomputed():
@@ -37,15 +32,6 @@ def test_a_flipped_byte_in_a_jvm_map_output_is_recomputed():
             (F.col("id") % 100).alias("key")).agg(F.sum("id").alias("total"))
         first = sorted(tuple(r) for r in grouped.collect())  # map outputs kept for the next
         assert first == sorted((k, sum(range(k, 50_000, 100))) for k in range(100))
-        flipped = 0
-        for server in sc._netspark.coordinator.servers:
-            arena = Arena.attach(server["arena_path"])
-            owner = int(server["arena_path"].split("/")[2])
-            for block in range(arena.max_blocks):
-                if arena.owner_of(block) == owner:
-                    arena.block_view(block)[100] ^= 0xFF
-                    flipped += 1
-            arena.close()
-        assert flipped > 0
+        assert flip_a_byte_in_every_committed_block(sc) > 0
         again = sorted(tuple(r) for r in grouped.collect())
         assert again == first

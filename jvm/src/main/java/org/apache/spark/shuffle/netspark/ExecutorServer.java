@@ -51,6 +51,7 @@ final class ExecutorServer {
   /** The server of this executor for the application of {@code runtime}. */
   static synchronized ExecutorServer get(Runtime runtime) throws IOException {
     if (current == null || !current.appId.equals(runtime.appId)) {
+      forget(); // a local-mode driver runs one application after another
       current = new ExecutorServer(launch(runtime), runtime);
       String path = current.localPath;
       java.lang.Runtime.getRuntime().addShutdownHook(new Thread(() -> removeIfUnserved(path)));
@@ -60,9 +61,25 @@ final class ExecutorServer {
     return current;
   }
 
-  /** The server, if one was reached in this JVM (for unregistering shuffles at their end). */
-  static synchronized ExecutorServer existing() {
-    return current;
+  /** Closes our connections and mappings of the server (which outlives them). */
+  static synchronized void forget() {
+    if (current == null) {
+      return;
+    }
+    for (ServerConnection c; (c = current.idle.poll()) != null; ) {
+      closeQuietly(c);
+    }
+    current.peerArenas.values().forEach(ExecutorServer::closeQuietly);
+    closeQuietly(current.arena); // its pages go once the collector drops the mappings
+    current = null;
+  }
+
+  private static void closeQuietly(java.io.Closeable closeable) {
+    try {
+      closeable.close();
+    } catch (IOException ignored) {
+      // closing what is no longer needed
+    }
   }
 
   /** A server that was killed leaves its socket file; one that stops deletes its own. */

@@ -3,7 +3,6 @@ package org.apache.spark.shuffle.netspark;
 import java.io.IOException;
 import java.util.Map;
 import java.util.Optional;
-import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 
 import org.apache.spark.SparkConf;
@@ -61,9 +60,5 @@ public final class NetsparkDataIO implements ShuffleDataIO {
   @Override
   public ShuffleDriverComponents driver() {
     return localDisk.driver();
-  }
-
-  static Set<Integer> shuffles() {
-    return SHUFFLES.keySet();
   }
 }

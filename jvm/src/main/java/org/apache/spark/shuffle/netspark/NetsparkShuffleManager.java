@@ -186,4 +186,11 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     }
     return super.unregisterShuffle(shuffleId);
   }
+
+  @Override
+  public void stop() {
+    NetsparkDataIO.SHUFFLES.clear();
+    ExecutorServer.forget();
+    super.stop();
+  }
 }
