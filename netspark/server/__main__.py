@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             return 1
     print(json.dumps({"address": vars(server.address), "local": server.local_name[1:],
-                      "local_path": server.local_path,
                       "pid": os.getpid()}), flush=True)
     while not stop.wait(0.5):
         pass

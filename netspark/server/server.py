@@ -294,7 +294,6 @@ class ShuffleServer:
                 return {"ok": True, "address": list(vars(self.address).values()),
                         "block_size": self.arena.block_size, "pid": os.getpid(),
                         "data_offset": self.arena.data_offset,
-                        "executor": self.executor_id,
                         "acquire_timeout": self.conf.buffer_acquireTimeout,
                         "max_bytes_in_flight": self.conf.reducer_maxBytesInFlight}
             if op == "lease":  # for clients that cannot lease from the arena themselves

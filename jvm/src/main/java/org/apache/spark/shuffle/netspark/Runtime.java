@@ -20,27 +20,24 @@ final class Runtime implements Serializable {
   final String appId;
   final String secret;
   final String python;
-  private final String json; // the environment of netspark.spark.launch, as JSON
+  private final HashMap<String, String> environment; // of netspark.spark.launch
 
-  private Runtime(String appId, String secret, String python, String json) {
-    this.appId = appId;
-    this.secret = secret;
+  private Runtime(String python, HashMap<String, String> environment) {
+    this.appId = environment.get("NETSPARK_APP_ID");
+    this.secret = environment.get("NETSPARK_SECRET");
     this.python = python;
-    this.json = json;
+    this.environment = environment;
   }
 
   /** From the JSON the driver's activate.py writes: {"python": ..., "env": {NAME: value}}. */
   static Runtime parse(String json) throws IOException {
     JsonNode root = ServerConnection.JSON.readTree(json);
-    JsonNode env = root.get("env");
-    return new Runtime(env.get("NETSPARK_APP_ID").asText(), env.get("NETSPARK_SECRET").asText(),
-        root.get("python").asText(), json);
+    HashMap<String, String> environment = new HashMap<>();
+    root.get("env").properties().forEach(e -> environment.put(e.getKey(), e.getValue().asText()));
+    return new Runtime(root.get("python").asText(), environment);
   }
 
-  Map<String, String> environment() throws IOException {
-    Map<String, String> out = new HashMap<>();
-    ServerConnection.JSON.readTree(json).get("env")
-        .properties().forEach(e -> out.put(e.getKey(), e.getValue().asText()));
-    return out;
+  Map<String, String> environment() {
+    return environment;
   }
 }
