@@ -31,6 +31,12 @@ from netspark.config import PREFIX, ConfigError, NetsparkConf, parse_bool
 
 log = logging.getLogger("netspark")
 DAEMON_MODULE = "netspark.spark.daemon"
+# Spark prefers to run a reduce task on a host holding >= 20% of its partition's map
+# output as the JVM counts it: for Python shuffles, netspark's handles. A reducer reads
+# every host's share anyway, and across hosts that preference piled every reduce task,
+# then the cache, then the next map stage onto one host (docs/benchmarks.md, "Where
+# PageRank's time goes across hosts"). Applied unless the application set the key.
+DEFAULTS = {"spark.shuffle.reduceLocality.enabled": "false"}
 
 
 class ActivationError(RuntimeError):
@@ -119,7 +125,8 @@ def plan(settings: dict[str, str]) -> Plan | None:
         log.warning("netspark: not activated, Spark's own shuffle stays: %s", problem)
         return None
     extra = _jvm_settings(settings, conf)
-    return Plan(conf, {"spark.python.daemon.module": DAEMON_MODULE, **extra},
+    defaults = {key: value for key, value in DEFAULTS.items() if key not in settings}
+    return Plan(conf, {"spark.python.daemon.module": DAEMON_MODULE, **defaults, **extra},
                 jvm.JAR if extra else None)
 
 

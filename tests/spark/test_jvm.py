@@ -13,7 +13,7 @@ import pytest
 
 import netspark.jvm
 from netspark.config import ConfigError
-from netspark.spark.activate import DAEMON_MODULE, plan
+from netspark.spark.activate import DAEMON_MODULE, DEFAULTS, plan
 from tests.spark.conftest import require_jvm_jar, spark_context
 
 MANAGER = netspark.jvm.MANAGER_CLASS
@@ -39,12 +39,12 @@ def no_jar(tmp_path, monkeypatch):
 def test_jvm_is_off_by_default(built_jar):
     chosen = plan(dict(REMOTE))
     assert chosen.conf.jvm is False
-    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE}
+    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE, **DEFAULTS}
 
 
 def test_jar_present_names_the_manager_and_appends_the_jar(built_jar):
     chosen = plan({**REMOTE, "spark.netspark.jvm": "true", "spark.jars": "/opt/a.jar,b.jar"})
-    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE,
+    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE, **DEFAULTS,
                             "spark.jars": f"/opt/a.jar,b.jar,{built_jar}",
                             "spark.shuffle.manager": MANAGER,
                             netspark.jvm.DATA_IO_KEY: netspark.jvm.DATA_IO_CLASS}
@@ -59,7 +59,7 @@ def test_jar_missing_warns_how_to_build_and_keeps_the_rdd_path(no_jar, caplog):
     with caplog.at_level(logging.WARNING, logger="netspark"):
         chosen = plan({**REMOTE, "spark.netspark.jvm": "true"})
     assert chosen is not None  # netspark still runs the RDD shuffles
-    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE}
+    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE, **DEFAULTS}
     assert chosen.jar is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and netspark.jvm.BUILD_COMMAND in warnings[0]
@@ -72,6 +72,12 @@ def test_a_different_shuffle_manager_or_io_plugin_is_refused_by_name(built_jar, 
     with pytest.raises(ConfigError, match=key) as err:
         plan({**REMOTE, "spark.netspark.jvm": "true", key: theirs})
     assert theirs in str(err.value) and "spark.netspark.jvm" in str(err.value)
+
+
+def test_reduce_locality_is_off_unless_the_application_chose(built_jar):
+    assert plan(dict(REMOTE)).spark["spark.shuffle.reduceLocality.enabled"] == "false"
+    chosen = plan({**REMOTE, "spark.shuffle.reduceLocality.enabled": "true"})
+    assert "spark.shuffle.reduceLocality.enabled" not in chosen.spark  # theirs stays
 
 
 def test_a_user_shuffle_manager_is_left_alone_without_jvm(built_jar):
