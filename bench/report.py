@@ -227,11 +227,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("| start-up: executors, Python daemons (and netspark servers) | " + " | ".join(
         f"{summary[m]['startup_s']:.1f} s" for m in modes) + " |")
     lines += [f"| {label} | " + " | ".join(f"{summary[m][key]:.3f} s" for m in modes) + " |"
-              for key, label in BREAKDOWN.items()]
+              for key, label in BREAKDOWN.items()
+              if any(summary[m][key] for m in modes)]  # JVM-only jobs have no Python part
     lines.append("| PySpark's spills to disk, all tasks | " + " | ".join(
         f"{summary[m]['spilled_mib']:.0f} MiB" for m in modes) + " |")
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
-                                   or "Spark's shuffle") for m, s in summary.items())
+                                   or ("Spark's shuffle" if m == "spark" else
+                                       "not counted (JVM shuffles keep no summary)"))
+                       for m, s in summary.items())
     skipped = "".join(f"\n- {m} not run: {why}" for m, why in result["skipped"].items())
     return (f"{result['title']}\n\n```\n{result['command']}\n```\n\n{head}"
             + "\n".join(lines) + f"\n\nRatios are to `spark`, measured in the same run. "

@@ -159,6 +159,32 @@ def _epoch(stamp: str) -> float:
 
 def timed_job(sc: SparkContext, name: str, action: Callable[[], Any]) -> tuple[Any, JobFigures]:
     """Runs `action` (one or more Spark jobs) and returns its result and figures."""
+    result, wall, jobs, grown = _in_group(sc, name, action)
+    stages = [stage for job in jobs for stage in _stages(sc, job)]
+    return result, JobFigures(wall, stages, grown)
+
+
+def timed_jobs(sc: SparkContext, name: str,
+               action: Callable[[], Any]) -> tuple[Any, list[JobFigures]]:
+    """Runs `action` and returns its result and the figures of each Spark job it ran, with
+    that job's own wall time (for computations such as GraphX's PageRank, which runs one
+    job an iteration). netspark's per-shuffle summaries go with the first job."""
+    result, _, jobs, grown = _in_group(sc, name, action)
+    figures = []
+    for job in jobs:
+        for _ in range(100):  # the status store is a moment behind the job's end
+            info = _rest(sc, f"jobs/{job}")
+            if "completionTime" in info:
+                break
+            time.sleep(0.1)
+        wall = _epoch(info["completionTime"]) - _epoch(info["submissionTime"])
+        figures.append(JobFigures(wall, _stages(sc, job), grown if not figures else {}))
+    return result, figures
+
+
+def _in_group(sc: SparkContext, name: str, action: Callable[[], Any]
+              ) -> tuple[Any, float, list[int], dict[int, dict[str, Any]]]:
+    """`action`'s result and wall time, the Spark jobs it ran, netspark's summaries' growth."""
     group = f"bench-{name}-{time.monotonic_ns()}"
     sc.setJobGroup(group, name)
     before = {k: dict(v) for k, v in _netspark_summaries(sc).items()}
@@ -168,17 +194,20 @@ def timed_job(sc: SparkContext, name: str, action: Callable[[], Any]) -> tuple[A
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     wall = time.perf_counter() - start
-    tracker = sc.statusTracker()
-    stages = []
-    for job in sorted(tracker.getJobIdsForGroup(group)):
-        info = tracker.getJobInfo(job)
-        for stage_id in sorted(info.stageIds):
-            stage = tracker.getStageInfo(stage_id)
-            if stage is not None and stage.numTasks and stage.numCompletedTasks:
-                stages.append(_stage(sc, stage_id, stage.numTasks))
     after = _netspark_summaries(sc)
     grown = {s: _minus(c, before.get(s)) for s, c in after.items() if c != before.get(s)}
-    return result, JobFigures(wall, stages, grown)
+    return result, wall, sorted(sc.statusTracker().getJobIdsForGroup(group)), grown
+
+
+def _stages(sc: SparkContext, job: int) -> list[StageFigures]:
+    """The stages of `job` that ran (those skipped, their output reused, are left out)."""
+    tracker = sc.statusTracker()
+    stages = []
+    for stage_id in sorted(tracker.getJobInfo(job).stageIds):
+        stage = tracker.getStageInfo(stage_id)
+        if stage is not None and stage.numTasks and stage.numCompletedTasks:
+            stages.append(_stage(sc, stage_id, stage.numTasks))
+    return stages
 
 
 def _netspark_summaries(sc: SparkContext) -> dict[int, dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""PySpark's own RDD test suites, shipped inside pyspark.zip, unpacked to be run with
-the flag on: by tests/spark (local contexts) and tests/multihost (a real cluster).
+"""PySpark's own test suites, shipped inside pyspark.zip, unpacked to be run with the
+flag on: by tests/spark (local contexts) and tests/multihost (a real cluster). Each
+suite is named by its module's path under `pyspark/`.
 
 `python/test_support/`, which three of test_rdd's tests read, is not shipped: a
 SPARK_HOME overlay supplies the one file they need, with the text they expect. The
@@ -19,7 +20,12 @@ from pathlib import Path
 import pyspark
 
 SPARK_HOME = Path(pyspark.__file__).parent
-SUITES = ["test_shuffle", "test_join", "test_rdd"]
+SUITES = ["tests/test_shuffle", "tests/test_join", "tests/test_rdd"]
+# The SQL suites whose tests shuffle in the JVM (spark.netspark.jvm=true): grouping and
+# aggregation, repartitioning, grouped and cogrouped pandas UDFs (an exchange, then Python).
+SQL_SUITES = ["sql/tests/test_group", "sql/tests/test_repartition",
+              "sql/tests/pandas/test_pandas_grouped_map",
+              "sql/tests/pandas/test_pandas_cogrouped_map"]
 
 MASTER_HOOK = '''
 import os
@@ -59,6 +65,6 @@ def run(src: Path, home: Path, suite: str, submit_args: str,
                "PYSPARK_SUBMIT_ARGS": f"{submit_args} pyspark-shell", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "log_cli=true",
-         "--log-cli-level=INFO", str(src / "pyspark" / "tests" / f"{suite}.py"),
-         *(f"--deselect=pyspark/tests/{suite}.py::{test}" for test in deselect)],
+         "--log-cli-level=INFO", str(src / "pyspark" / f"{suite}.py"),
+         *(f"--deselect=pyspark/{suite}.py::{test}" for test in deselect)],
         env=environ, cwd=src, capture_output=True, text=True, timeout=timeout)

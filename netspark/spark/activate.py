@@ -237,15 +237,16 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
         "NETSPARK_LOCAL_ONLY": "1" if local else "",
     }
     sc.environment.update(environment)
-    if settings.get("spark.shuffle.manager") == jvm.MANAGER_CLASS:
+    jvm_shuffles = settings.get("spark.shuffle.manager") == jvm.MANAGER_CLASS
+    if jvm_shuffles:
         _configure_jvm(sc, {"python": sc.pythonExec, "env": environment})
     state = ShuffleState(sc, conf, coordinator)
     sc._netspark = state
     shuffle.install()
     _attach_cleaner(sc, state)
-    log.info("netspark: enabled for %s (transport=%s, localShortCircuit=%s, pool %d MiB)",
-             sc.applicationId, conf.transport, conf.localShortCircuit,
-             conf.buffer_poolSize >> 20)
+    log.info("netspark: enabled for %s (transport=%s, localShortCircuit=%s, pool %d MiB, "
+             "JVM shuffles %s)", sc.applicationId, conf.transport, conf.localShortCircuit,
+             conf.buffer_poolSize >> 20, "too" if jvm_shuffles else "not")
 
 
 def _configure_jvm(sc: Any, runtime: dict[str, Any] | None) -> None:

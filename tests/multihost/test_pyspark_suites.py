@@ -28,12 +28,13 @@ def test_pyspark_suite_passes_across_hosts(suites, suite, cluster):
     settings = {**cluster.spark_settings(), "spark.netspark.enabled": "true"}
     master = settings.pop("spark.master")
     submit = f"--master {master} " + " ".join(f"--conf {k}={v}" for k, v in settings.items())
+    ties = ORDER_OF_TIES if suite == "tests/test_rdd" else ()
     run = pyspark_suites.run(*suites, suite, submit, env={"NETSPARK_TEST_MASTER": master},
-                             timeout=1400, deselect=ORDER_OF_TIES if suite == "test_rdd" else ())
+                             timeout=1400, deselect=ties)
     tail = run.stdout[-3000:]
     assert run.returncode == 0, tail
     assert "netspark: enabled for" in run.stdout, "netspark did not activate"
     joined = set(re.findall(r"executor server at (\S+):\d+ joined", run.stdout))
-    if suite != "test_shuffle":  # most of test_shuffle runs no Spark job at all
+    if suite != "tests/test_shuffle":  # most of test_shuffle runs no Spark job at all
         assert joined == {h.address for h in cluster.hosts}, joined
     assert re.search(r"\d+ passed", tail)
