@@ -11,7 +11,9 @@ import time
 import pytest
 
 from tests.multihost.conftest import cluster_context
+from tests.spark.conftest import require_jvm_jar
 from tests.spark.test_faults import (
+    KEYS,
     expected_sums,
     run_in_thread,
     slow_groupby,
@@ -56,12 +58,50 @@ def assert_nothing_left(cluster, app_id: str, seconds: float = 180) -> None:
         time.sleep(0.5)
 
 
-def strike_mid_reduce(cluster, strike, settings=None, *, wait=600):
-    """Runs the slow groupBy, calls strike(sc) once reduce tasks run; returns what the
+def slow_rdd_groupby(sc) -> list[tuple[int, int]]:
+    return sorted(slow_groupby(sc, partitions=12).collect())
+
+
+def slow_dataframe_groupby(sc) -> list[tuple[int, int]]:
+    """The same sums from a DataFrame: its shuffle runs in the JVM (with jvm=true), and
+    its reduce tasks sleep per key in a pandas UDF."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    def slowly(group):
+        import pandas as pd
+
+        time.sleep(0.25)
+        return pd.DataFrame({"key": [group.key.iloc[0]], "total": [group.value.sum()]})
+
+    spark = SparkSession(sc)
+    spark.conf.set("spark.sql.shuffle.partitions", "12")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    data = spark.range(0, 60_000, numPartitions=6).select(
+        (F.col("id") % KEYS).alias("key"), F.col("id").alias("value"))
+    grouped = data.groupBy("key").applyInPandas(slowly, "key long, total long")
+    return sorted(tuple(row) for row in grouped.collect())
+
+
+JOBS = {"rdd": (slow_rdd_groupby, {}),
+        "dataframe": (slow_dataframe_groupby, {"netspark.jvm": "true"})}
+
+
+@pytest.fixture(params=sorted(JOBS))
+def job(request):
+    """A slow groupBy of either kind, with the settings that route its shuffle."""
+    if request.param == "dataframe":
+        require_jvm_jar()
+    return JOBS[request.param]
+
+
+def strike_mid_reduce(cluster, strike, settings=None, *, job=JOBS["rdd"], wait=600):
+    """Runs a slow groupBy, calls strike(sc) once reduce tasks run; returns what the
     job gave (result or error) and how long it took after the strike."""
-    with cluster_context(cluster, **{**FAULT_SETTINGS, **(settings or {})}) as sc:
+    run, routing = job
+    with cluster_context(cluster, **{**FAULT_SETTINGS, **routing, **(settings or {})}) as sc:
         app = sc.applicationId
-        thread, box = run_in_thread(lambda: sorted(slow_groupby(sc, partitions=12).collect()))
+        thread, box = run_in_thread(lambda: run(sc))
         wait_for_reduce_stage(sc)
         strike(sc)
         struck = time.monotonic()
@@ -73,19 +113,19 @@ def strike_mid_reduce(cluster, strike, settings=None, *, wait=600):
     return box
 
 
-def test_an_executor_killed_mid_reduce(cluster):
+def test_an_executor_killed_mid_reduce(cluster, job):
     victim = cluster.hosts[1]
 
     def strike(sc):
         (pid,) = host_processes(cluster, victim, "CoarseGrainedExecutorBackend")
         os.kill(pid, signal.SIGKILL)
 
-    box = strike_mid_reduce(cluster, strike)
+    box = strike_mid_reduce(cluster, strike, job=job)
     assert "error" not in box, box.get("error")
     assert box["result"] == expected_sums()
 
 
-def test_a_server_killed_mid_reduce_is_recomputed(cluster):
+def test_a_server_killed_mid_reduce_is_recomputed(cluster, job):
     """Its executor lives on with the handles; Spark must still recompute the data."""
     victim = cluster.hosts[2]
 
@@ -97,7 +137,7 @@ def test_a_server_killed_mid_reduce_is_recomputed(cluster):
         os.kill(pid, signal.SIGKILL)
 
     box_executor = []
-    box = strike_mid_reduce(cluster, strike)
+    box = strike_mid_reduce(cluster, strike, job=job)
     assert "error" not in box, box.get("error")
     assert box["result"] == expected_sums()
     assert box["lost"] == box_executor  # Spark was told, and recomputed what it held
