@@ -128,17 +128,24 @@ def _rest(sc: SparkContext, path: str) -> Any:
         return json.load(answer)
 
 
-def _stage(sc: SparkContext, stage_id: int, tasks_expected: int) -> StageFigures:
-    # The status store is fed by Spark's listener bus, a moment behind the job's end.
+def _settled(sc: SparkContext, path: str, ready: Callable[[Any], bool]) -> Any:
+    """The status API's answer at `path` once `ready` holds of it: the status store is fed
+    by Spark's listener bus, a moment behind a job's end."""
     for _ in range(100):
-        attempts = _rest(sc, f"stages/{stage_id}")
-        done = [a for a in attempts if a["status"] == "COMPLETE"]
-        if done and done[-1]["numCompleteTasks"] >= tasks_expected:
-            break
+        answer = _rest(sc, path)
+        if ready(answer):
+            return answer
         time.sleep(0.1)
-    else:
-        raise RuntimeError(f"stage {stage_id} never reported completion")
-    stage = done[-1]
+    raise RuntimeError(f"{path} never reported completion")
+
+
+def _stage(sc: SparkContext, stage_id: int, tasks_expected: int) -> StageFigures:
+    def complete(attempts: list[dict[str, Any]]) -> bool:
+        done = [a for a in attempts if a["status"] == "COMPLETE"]
+        return bool(done) and done[-1]["numCompleteTasks"] >= tasks_expected
+
+    attempts = _settled(sc, f"stages/{stage_id}", complete)
+    stage = [a for a in attempts if a["status"] == "COMPLETE"][-1]
     tasks = _rest(sc, f"stages/{stage_id}/{stage['attemptId']}/taskList?length=100000")
     ok = [t for t in tasks if t["status"] == "SUCCESS"]
     starts = [_epoch(t["launchTime"]) for t in ok]
@@ -172,11 +179,7 @@ def timed_jobs(sc: SparkContext, name: str,
     result, _, jobs, grown = _in_group(sc, name, action)
     figures = []
     for job in jobs:
-        for _ in range(100):  # the status store is a moment behind the job's end
-            info = _rest(sc, f"jobs/{job}")
-            if "completionTime" in info:
-                break
-            time.sleep(0.1)
+        info = _settled(sc, f"jobs/{job}", lambda answer: "completionTime" in answer)
         wall = _epoch(info["completionTime"]) - _epoch(info["submissionTime"])
         figures.append(JobFigures(wall, _stages(sc, job), grown if not figures else {}))
     return result, figures
