@@ -149,14 +149,14 @@ SETTINGS = [
 ]
 
 
-def run_all(spark: Any, settings: range = range(len(SETTINGS))) -> dict[tuple[str, int], Rows]:
-    """Every operation under every setting (or those whose indices are given)."""
+def run_all(spark: Any) -> dict[tuple[str, int], Rows]:
+    """Every operation under every setting."""
     operations = _operations()
     assert sorted(operations) == OPERATIONS
     t = tables(spark)
     answers = {}
-    for index in settings:
-        for key, value in SETTINGS[index].items():
+    for index, settings in enumerate(SETTINGS):
+        for key, value in settings.items():
             spark.conf.set(key, value)
         for name in OPERATIONS:
             answers[name, index] = operations[name](t)
