@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.netspark-ready
 
-.PHONY: setup demo test test-fast test-rxe test-multihost lint bench bench-quick bench-buffers \
+.PHONY: setup demo test test-fast test-dataframe test-rxe test-multihost lint bench bench-quick bench-buffers \
 	bench-hosts bench-latency clean
 
 $(READY): scripts/setup.sh pyproject.toml setup.py $(wildcard csrc/*) $(shell find jvm -name "*.java")
@@ -17,10 +17,14 @@ demo: $(READY)
 
 test: $(READY)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not rxe and not multihost"
+	$(PY) -m pytest -q -m "not rxe and not multihost and not dataframe"
 
 test-fast: $(READY)
-	$(PY) -m pytest -q -m "not rxe and not multihost and not slow"
+	$(PY) -m pytest -q -m "not rxe and not multihost and not dataframe and not slow"
+
+# DataFrame/SQL exchanges and GraphX through netspark (spark.netspark.jvm=true), flag on vs off.
+test-dataframe: $(READY)
+	$(PY) -m pytest -q -m dataframe tests/spark/test_dataframe.py
 
 test-rxe: $(READY)
 	$(PY) -m pytest -q -m rxe tests/rxe

@@ -13,7 +13,9 @@ from tests.spark.conftest import (
     spark_context,
 )
 
-pytestmark = pytest.mark.slow
+# Two full runs of every operation under every setting: ~7 minutes here, so a make
+# target of its own (`make test-dataframe`), and a bound for the shared fixture.
+pytestmark = [pytest.mark.dataframe, pytest.mark.timeout(1800)]
 COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
 
 
