@@ -22,9 +22,10 @@ test: $(READY)
 test-fast: $(READY)
 	$(PY) -m pytest -q -m "not rxe and not multihost and not dataframe and not slow"
 
-# DataFrame/SQL exchanges and GraphX through netspark (spark.netspark.jvm=true), flag on vs off.
+# DataFrame/SQL exchanges and GraphX through netspark (spark.netspark.jvm=true), flag on vs
+# off, and PySpark's own SQL suites with it on.
 test-dataframe: $(READY)
-	$(PY) -m pytest -q -m dataframe tests/spark/test_dataframe.py
+	$(PY) -m pytest -q -m dataframe tests/spark
 
 test-rxe: $(READY)
 	$(PY) -m pytest -q -m rxe tests/rxe

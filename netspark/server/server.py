@@ -34,6 +34,7 @@ from netspark.server.spill import Spiller, default_directory
 from netspark.transport import protocol
 from netspark.transport.auth import server_handshake
 from netspark.transport.fetch import Fetcher, FetchFailed, FetchRequest, PeerAddress, host_key
+from netspark.transport.peers import PeerConnections
 from netspark.transport.tcp import serve_peer
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ class ShuffleServer:
         self.spiller = Spiller(self.registry, self.arena, default_directory(conf.spill_dir),
                                low=max(4, blocks // 16), high=max(8, blocks // 8))
         self.rdma: Any = None  # transport.rdma.peer.RdmaService when RDMA is on
-        self._fetcher: Fetcher | None = None  # for workers that ask us to fetch
-        self._fetch_lock = threading.Lock()
+        # For clients that ask us to fetch (the JVM's tasks, several at once): each call
+        # gets a Fetcher of its own over these shared blocks, routes and idle connections.
+        self._pool = BlockPool(self.arena, acquire_timeout=conf.buffer_acquireTimeout)
+        self._peers: PeerConnections | None = None
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()  # accepted, still open
         self.peers_accepted = 0  # network connections accepted so far (peers keep theirs)
@@ -128,6 +131,8 @@ class ShuffleServer:
             raise
         port = self._tcp.getsockname()[1]
         self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
+        self._peers = PeerConnections(self.arena, conf, secret=secret, app_id=app_id,
+                                      local_address=self.address.host)
 
     def _open_rdma(self, address: str) -> Any:
         """The RDMA service, or None: transport=tcp, or auto without a usable device."""
@@ -216,6 +221,8 @@ class ShuffleServer:
                 conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
+        if self._peers is not None:
+            self._peers.close()
         if self.rdma is not None:
             self.rdma.close()
         self.spiller.close()
@@ -330,28 +337,29 @@ class ShuffleServer:
             raise
 
     def fetch_for(self, pid: int, requests: list[Any]) -> list[dict[str, Any]]:
-        """Fetches on behalf of a local worker: what lands in our blocks becomes its own."""
-        with self._fetch_lock:
-            return self._fetch_for(pid, requests)
+        """Fetches on behalf of a local client: what lands in our blocks becomes its own.
+        Calls of several clients run at once, each with its own Fetcher."""
+        fetcher = Fetcher(self._pool, self.conf, secret=self.secret, app_id=self.app_id,
+                          peers=self._peers, local_address=self.address.host)
+        try:
+            answers = [self._fetch_one_for(pid, fetcher, request) for request in requests]
+            fetcher.give_back()  # every request answered: its connections are clean
+            return answers
+        finally:
+            fetcher.close()  # closes what a failure left mid-request
 
-    def _fetch_for(self, pid: int, requests: list[Any]) -> list[dict[str, Any]]:
-        if self._fetcher is None:
-            self._fetcher = Fetcher(BlockPool(self.arena), self.conf, secret=self.secret,
-                                    app_id=self.app_id, local_address=self.address.host)
-        answers = []
-        for host, port, key, path, shuffle, reduce_id, maps in requests:
-            req = FetchRequest(PeerAddress(host, int(port), key, path), int(shuffle),
-                               int(reduce_id), tuple(protocol.MapAttempt(*m) for m in maps))
-            landed = self._fetcher.fetch_one(req)
-            owned = landed.arena is self.arena
-            if owned:  # blocks we leased: the worker releases them once read
-                blocks = sorted({e.block_id for e in landed.extents})
-                self.arena.transfer(blocks, to_pid=pid)
-                self._fetcher.disown(len(blocks))
-            answers.append({"arena": path if not owned else self.arena.path, "owned": owned,
-                            "extents": [list(e) for e in landed.extents],
-                            "maps": landed.map_ids})
-        return answers
+    def _fetch_one_for(self, pid: int, fetcher: Fetcher, request: Any) -> dict[str, Any]:
+        host, port, key, path, shuffle, reduce_id, maps = request
+        req = FetchRequest(PeerAddress(host, int(port), key, path), int(shuffle),
+                           int(reduce_id), tuple(protocol.MapAttempt(*m) for m in maps))
+        landed = fetcher.fetch_one(req)
+        owned = landed.arena is self.arena
+        if owned:  # blocks we leased: the client releases them once read
+            blocks = sorted({e.block_id for e in landed.extents})
+            self.arena.transfer(blocks, to_pid=pid)
+            fetcher.disown(len(blocks))
+        return {"arena": self.arena.path if owned else path, "owned": owned,
+                "extents": [list(e) for e in landed.extents], "maps": landed.map_ids}
 
     def unregister(self, shuffle: int) -> int:
         outputs = self.registry.unregister(shuffle)

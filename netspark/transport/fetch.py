@@ -145,7 +145,9 @@ class Fetcher:
         if conn is not None:
             conn.abort()
 
-    def _give_back(self) -> None:
+    def give_back(self) -> None:
+        """Returns this fetcher's connections to the process's idle pool (call only when
+        every request sent was answered)."""
         for peer, conn in self._leased.items():
             self.peers.give_back(peer, conn)
         self._leased.clear()
@@ -342,7 +344,7 @@ class Fetcher:
                 pending = req, sent
             if pending is not None:
                 ready.put(self.fetch_one(*pending))
-            self._give_back()  # every request answered: the connections are clean
+            self.give_back()  # every request answered: the connections are clean
             ready.put(None)
         except BaseException as err:  # handed to the consumer, raised there
             for peer in list(self._leased):  # a request sent ahead may be in flight

@@ -314,5 +314,56 @@ def test_a_worker_can_ask_its_server_to_fetch():
                     stream = BlockInputStream(landed.arena, landed.extents, landed.release)
                     assert list(read_records(stream)) == expected_partition([0], reduce_id)
                 reader.pool.flush()
-                c._fetcher.pool.flush()  # the server's own cache of leased blocks
+                c._pool.flush()  # the server's own cache of leased blocks
                 assert reader.arena.stats().leased_blocks == 0  # all released by the reader
+
+
+def test_clients_fetch_through_their_server_at_once():
+    """The JVM's tasks of one executor ask its server to fetch side by side: each call is
+    answered with its own partition, and the connections to the peer are shared, not
+    one per call."""
+    import threading
+
+    with running_server() as b:
+        with link_to(b) as link:
+            for m in range(2):
+                write_map(link, 8, m, PARTS, records_of(m, 20_000))
+        with running_server(localShortCircuit="false") as c:
+            readers = [link_to(c) for _ in range(PARTS)]
+            got, inside, overlapped = {}, [0], threading.Event()
+            lock = threading.Lock()
+            fetch_one = c._fetch_one_for
+
+            def counted(*args):  # notices two calls inside the server at the same time
+                with lock:
+                    inside[0] += 1
+                    if inside[0] > 1:
+                        overlapped.set()
+                try:
+                    overlapped.wait(2.0)
+                    return fetch_one(*args)
+                finally:
+                    with lock:
+                        inside[0] -= 1
+
+            c._fetch_one_for = counted
+
+            def read(reduce_id: int) -> None:
+                with readers[reduce_id] as reader:
+                    [landed] = reader.fetch_via_server([request(b.address, 8, reduce_id, 0, 1)])
+                    stream = BlockInputStream(landed.arena, landed.extents, landed.release)
+                    got[reduce_id] = list(read_records(stream))
+                    reader.pool.flush()
+
+            threads = [threading.Thread(target=read, args=(r,)) for r in range(PARTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert overlapped.is_set()  # the calls did not wait for one another
+            for reduce_id in range(PARTS):
+                assert got[reduce_id] == [r for m in range(2) for r in records_of(m, 20_000)
+                                          if r[0] % PARTS == reduce_id]
+            c._pool.flush()
+            assert c.arena.stats().leased_blocks == 0  # every landed block came back
+            assert b.peers_accepted <= PARTS

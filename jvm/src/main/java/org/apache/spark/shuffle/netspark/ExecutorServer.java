@@ -23,6 +23,13 @@ import org.slf4j.LoggerFactory;
 final class ExecutorServer {
   private static final Logger LOG = LoggerFactory.getLogger(ExecutorServer.class);
   private static ExecutorServer current;
+  /** Threads that wait on the server's fetches while tasks read what landed before. */
+  static final java.util.concurrent.ExecutorService FETCHES =
+      java.util.concurrent.Executors.newCachedThreadPool(task -> {
+        Thread thread = new Thread(task, "netspark-fetch");
+        thread.setDaemon(true);
+        return thread;
+      });
 
   final String localPath;
   final ArenaMap arena;

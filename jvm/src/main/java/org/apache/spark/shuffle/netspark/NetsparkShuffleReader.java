@@ -8,6 +8,8 @@ import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.zip.CRC32C;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -74,14 +76,19 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
         (scala.collection.Iterator<Product2<K, C>>) (Object) sorter.insertAllAndUpdateMetrics(aggregated));
   }
 
-  /** The (key, value) records of every request in turn. */
+  /**
+   * The (key, value) records of every request in turn. While one request's records are
+   * read, the server already fetches the next (at most two requests' blocks, each within
+   * half of maxBytesInFlight, are held at once).
+   */
   private final class Records extends scala.collection.AbstractIterator<Product2<Object, Object>> {
-    private final Iterator<FetchPlan.Request> pending = requests.iterator();
     private final SerializerManager serializers = SparkEnv.get().serializerManager();
     private final SerializerInstance serializer = dep.serializer().newInstance();
+    private int next; // the index of the next request to read
+    private CompletableFuture<JsonNode> ahead; // the fetch of request `next`, once started
     private Iterator<scala.collection.Iterator<scala.Tuple2<Object, Object>>> maps;
     private scala.collection.Iterator<scala.Tuple2<Object, Object>> records;
-    private java.util.Set<Integer> held = new java.util.LinkedHashSet<>(); // blocks we hold
+    private final List<Integer> held = new ArrayList<>(); // blocks of the request being read
     private boolean merged;
 
     @Override
@@ -93,14 +100,14 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
             continue;
           }
           release();
-          if (!pending.hasNext()) {
+          if (next == requests.size()) {
             if (!merged) {
               merged = true;
               context.taskMetrics().mergeShuffleReadMetrics();
             }
             return false;
           }
-          maps = fetch(pending.next()).iterator();
+          maps = read(requests.get(next++)).iterator();
         }
         return true;
       } catch (IOException e) {
@@ -117,60 +124,90 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
       return records.next();
     }
 
-    private List<scala.collection.Iterator<scala.Tuple2<Object, Object>>> fetch(FetchPlan.Request r) {
-      int shuffleId = dep.shuffleId();
+    /** Starts the server's fetch of request {@code index} on a helper thread. */
+    private CompletableFuture<JsonNode> fetch(int index) {
+      FetchPlan.Request r = requests.get(index);
       List<Object> maps = new ArrayList<>();
-      Map<Long, FetchPlan.MapBlock> byLowBits = new HashMap<>();
       for (FetchPlan.MapBlock map : r.maps()) {
         maps.add(ArenaMapOutputWriter.mapAttempt(map.mapId()));
-        byLowBits.put(map.mapId() & 0xffffffffL, map);
       }
       PeerLocation peer = r.peer();
       List<Object> request = List.of(peer.host, peer.port, peer.hostKey, peer.arenaPath,
-          ArenaMapOutputWriter.registryShuffle(shuffleId), r.reduceId(), maps);
+          ArenaMapOutputWriter.registryShuffle(dep.shuffleId()), r.reduceId(), maps);
+      return CompletableFuture.supplyAsync(() -> {
+        try {
+          return server.call("fetch", Map.of("requests", List.of(request))).get("landed").get(0);
+        } catch (IOException e) {
+          throw new java.io.UncheckedIOException(e);
+        }
+      }, ExecutorServer.FETCHES);
+    }
+
+    /** Request {@code r} (the one at next - 1) landed, checked and opened map by map. */
+    private List<scala.collection.Iterator<scala.Tuple2<Object, Object>>> read(FetchPlan.Request r) {
+      int shuffleId = dep.shuffleId();
       FetchPlan.MapBlock first = r.maps().get(0);
+      CompletableFuture<JsonNode> landing = ahead != null ? ahead : fetch(next - 1);
+      ahead = next < requests.size() ? fetch(next) : null;
       long start = System.nanoTime();
       try {
-        JsonNode landed = server.call("fetch", Map.of("requests", List.of(request)))
-            .get("landed").get(0);
+        JsonNode landed;
+        try {
+          landed = landing.get();
+        } catch (ExecutionException e) {
+          throw e.getCause() instanceof java.io.UncheckedIOException u ? u.getCause()
+              : new IOException(e.getCause());
+        }
         metrics.incFetchWaitTime((System.nanoTime() - start) / 1_000_000);
         boolean owned = landed.get("owned").asBoolean();
-        ArenaMap arena = server.arenaAt(landed.get("arena").asText());
-        Map<Long, List<ByteBuffer>> extents = new LinkedHashMap<>();
-        Iterator<JsonNode> mapIds = landed.get("maps").elements();
-        long bytes = 0;
-        for (JsonNode e : landed.get("extents")) {
-          int block = e.get(0).asInt();
-          int offset = e.get(1).asInt();
-          int length = e.get(2).asInt();
-          ByteBuffer view = arena.block(block).position(offset).limit(offset + length).slice();
-          long mapId = byLowBits.get(mapIds.next().asLong()).mapId();
-          if (owned) {
-            held.add(block);
-          }
-          check(view, e.get(3).asLong(), r, mapId);
-          extents.computeIfAbsent(mapId, m -> new ArrayList<>()).add(view);
-          bytes += length;
-        }
         if (owned) {
-          metrics.incRemoteBytesRead(bytes);
-          metrics.incRemoteBlocksFetched(extents.size());
-        } else {
-          metrics.incLocalBytesRead(bytes);
-          metrics.incLocalBlocksFetched(extents.size());
+          landed.get("extents").forEach(e -> held.add(e.get(0).asInt()));
         }
-        List<scala.collection.Iterator<scala.Tuple2<Object, Object>>> out = new ArrayList<>();
-        for (Map.Entry<Long, List<ByteBuffer>> map : extents.entrySet()) {
-          ShuffleBlockId id = new ShuffleBlockId(shuffleId, map.getKey(), r.reduceId());
-          out.add(serializer.deserializeStream(
-              serializers.wrapStream(id, new ExtentInputStream(map.getValue()))).asKeyValueIterator());
+        return open(r, landed, owned);
+      } catch (IOException | RuntimeException | InterruptedException e) {
+        if (e instanceof InterruptedException) {
+          Thread.currentThread().interrupt();
         }
-        return out;
-      } catch (IOException | RuntimeException e) {
         releaseQuietly();
         throw sneaky(new FetchFailedException(r.location(), shuffleId, first.mapId(),
             first.mapIndex(), r.reduceId(), "netspark: " + e.getMessage(), e));
       }
+    }
+
+    private List<scala.collection.Iterator<scala.Tuple2<Object, Object>>> open(
+        FetchPlan.Request r, JsonNode landed, boolean owned) throws IOException {
+      Map<Long, FetchPlan.MapBlock> byLowBits = new HashMap<>();
+      for (FetchPlan.MapBlock map : r.maps()) {
+        byLowBits.put(map.mapId() & 0xffffffffL, map);
+      }
+      ArenaMap arena = server.arenaAt(landed.get("arena").asText());
+      Map<Long, List<ByteBuffer>> extents = new LinkedHashMap<>();
+      Iterator<JsonNode> mapIds = landed.get("maps").elements();
+      long bytes = 0;
+      for (JsonNode e : landed.get("extents")) {
+        int offset = e.get(1).asInt();
+        int length = e.get(2).asInt();
+        ByteBuffer view = arena.block(e.get(0).asInt()).position(offset).limit(offset + length)
+            .slice();
+        long mapId = byLowBits.get(mapIds.next().asLong()).mapId();
+        check(view, e.get(3).asLong(), r, mapId);
+        extents.computeIfAbsent(mapId, m -> new ArrayList<>()).add(view);
+        bytes += length;
+      }
+      if (owned) {
+        metrics.incRemoteBytesRead(bytes);
+        metrics.incRemoteBlocksFetched(extents.size());
+      } else {
+        metrics.incLocalBytesRead(bytes);
+        metrics.incLocalBlocksFetched(extents.size());
+      }
+      List<scala.collection.Iterator<scala.Tuple2<Object, Object>>> out = new ArrayList<>();
+      for (Map.Entry<Long, List<ByteBuffer>> map : extents.entrySet()) {
+        ShuffleBlockId id = new ShuffleBlockId(dep.shuffleId(), map.getKey(), r.reduceId());
+        out.add(serializer.deserializeStream(
+            serializers.wrapStream(id, new ExtentInputStream(map.getValue()))).asKeyValueIterator());
+      }
+      return out;
     }
 
     private void check(ByteBuffer view, long expected, FetchPlan.Request r, long mapId)
@@ -187,17 +224,37 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
     }
 
     private void release() throws IOException {
-      List<Integer> blocks = new ArrayList<>(held);
+      List<Integer> blocks = new ArrayList<>(new java.util.LinkedHashSet<>(held));
       held.clear();
       server.release(blocks);
     }
 
+    /** At the task's end or on a failure: our blocks back, and those of a fetch ahead once
+     * it lands (a task may end before it reads every request). */
     void releaseQuietly() {
       try {
         release();
       } catch (IOException ignored) {
         // the server is gone, and with it the arena: nothing left to give back
       }
+      CompletableFuture<JsonNode> abandoned = ahead;
+      ahead = null;
+      if (abandoned != null) {
+        abandoned.thenAccept(landed -> releaseLanded(server, landed));
+      }
+    }
+  }
+
+  private static void releaseLanded(ExecutorServer server, JsonNode landed) {
+    if (!landed.get("owned").asBoolean()) {
+      return;
+    }
+    java.util.Set<Integer> blocks = new java.util.LinkedHashSet<>();
+    landed.get("extents").forEach(e -> blocks.add(e.get(0).asInt()));
+    try {
+      server.release(new ArrayList<>(blocks));
+    } catch (IOException ignored) {
+      // the server is gone, and with it the arena
     }
   }
 
