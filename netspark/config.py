@@ -102,10 +102,10 @@ KEYS: tuple[Key, ...] = (
     Key("jvm", "false", parse_bool,
         "Also install netspark's JVM shuffle manager for DataFrame/SQL exchanges and GraphX "
         "(its jar on spark.jars, spark.shuffle.manager set; a different user "
-        "spark.shuffle.manager is refused). Off by default until that manager carries data "
-        "through netspark's arena: today it shuffles exactly as Spark's sort shuffle. Needs "
-        "the jar built at set-up (python -m netspark.jvm.build); without it: a warning, and "
-        "only RDD shuffles go through netspark."),
+        "spark.shuffle.manager is refused): Spark's writers put map outputs into the "
+        "executor server's arena and JVM reducers read them in place. Off by default while "
+        "it is new. Needs the jar built at set-up (python -m netspark.jvm.build); without "
+        "it: a warning, and only RDD shuffles go through netspark."),
     Key("transport", "auto", choice("auto", "rdma", "tcp"),
         "auto: RDMA when a device and the peer allow it, else TCP (logged); "
         "rdma: fail loudly without RDMA; tcp: never use RDMA."),

@@ -22,9 +22,10 @@ import pyspark
 SPARK_HOME = Path(pyspark.__file__).parent
 SUITES = ["tests/test_shuffle", "tests/test_join", "tests/test_rdd"]
 # The SQL suites whose tests shuffle in the JVM (with spark.netspark.jvm=true): grouping and
-# aggregation, repartitioning, joins and aggregates under subqueries, grouped and cogrouped
-# pandas UDFs (an exchange, then Python).
-SQL_SUITES = ["sql/tests/test_group", "sql/tests/test_repartition", "sql/tests/test_subquery",
+# aggregation, repartitioning, grouped and cogrouped pandas UDFs (an exchange, then Python).
+# sql/tests/test_subquery (joins and aggregates under subqueries) passes too (105 s here),
+# and is left out to keep CI within its hour.
+SQL_SUITES = ["sql/tests/test_group", "sql/tests/test_repartition",
               "sql/tests/pandas/test_pandas_grouped_map",
               "sql/tests/pandas/test_pandas_cogrouped_map"]
 
