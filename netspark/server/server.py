@@ -341,10 +341,17 @@ class ShuffleServer:
         Calls of several clients run at once, each with its own Fetcher."""
         fetcher = Fetcher(self._pool, self.conf, secret=self.secret, app_id=self.app_id,
                           peers=self._peers, local_address=self.address.host)
+        answers: list[dict[str, Any]] = []
         try:
-            answers = [self._fetch_one_for(pid, fetcher, request) for request in requests]
+            for request in requests:
+                answers.append(self._fetch_one_for(pid, fetcher, request))
             fetcher.give_back()  # every request answered: its connections are clean
             return answers
+        except BaseException:  # the client never hears of the blocks landed before
+            for answer in answers:
+                if answer["owned"]:
+                    self.arena.release(sorted({e[0] for e in answer["extents"]}), pid)
+            raise
         finally:
             fetcher.close()  # closes what a failure left mid-request
 

@@ -367,3 +367,15 @@ def test_clients_fetch_through_their_server_at_once():
             c._pool.flush()
             assert c.arena.stats().leased_blocks == 0  # every landed block came back
             assert b.peers_accepted <= PARTS
+
+
+def test_a_failed_request_of_a_batch_gives_back_what_landed_before_it():
+    with running_server() as b:
+        with link_to(b) as link:
+            write_map(link, 9, 0, PARTS, records_of(0))
+        with running_server(localShortCircuit="false") as c, link_to(c) as reader:
+            good, missing = request(b.address, 9, 0, 0), request(b.address, 99, 0, 0)
+            with pytest.raises(ServerError, match="FetchFailed"):
+                reader.fetch_via_server([good, missing])
+            c._pool.flush()
+            assert c.arena.stats().leased_blocks == 0  # the first request's blocks came back
