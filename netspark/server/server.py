@@ -113,7 +113,6 @@ class ShuffleServer:
         # For clients that ask us to fetch (the JVM's tasks, several at once): each call
         # gets a Fetcher of its own over these shared blocks, routes and idle connections.
         self._pool = BlockPool(self.arena, acquire_timeout=conf.buffer_acquireTimeout)
-        self._peers: PeerConnections | None = None
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()  # accepted, still open
         self.peers_accepted = 0  # network connections accepted so far (peers keep theirs)
@@ -132,7 +131,7 @@ class ShuffleServer:
         port = self._tcp.getsockname()[1]
         self.address = PeerAddress(advertise_host or host, port, host_key(), self.arena.path)
         self._peers = PeerConnections(self.arena, conf, secret=secret, app_id=app_id,
-                                      local_address=self.address.host)
+                                      local_address=self.address.host)  # see self._pool
 
     def _open_rdma(self, address: str) -> Any:
         """The RDMA service, or None: transport=tcp, or auto without a usable device."""
@@ -221,8 +220,7 @@ class ShuffleServer:
                 conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._peers is not None:
-            self._peers.close()
+        self._peers.close()
         if self.rdma is not None:
             self.rdma.close()
         self.spiller.close()

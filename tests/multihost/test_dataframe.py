@@ -9,7 +9,6 @@ from tests.spark import dataframe_ops
 from tests.spark.conftest import require_jvm_jar
 
 pytestmark = pytest.mark.timeout(1500)
-COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
 # AQE on with 200 partitions (coalescing, local reads, skew splits): what differs most
 # across hosts; the other two settings run on one host (make test-dataframe), for CI time.
 SETTINGS = (2,)
@@ -18,16 +17,13 @@ SETTINGS = (2,)
 def _answers(cluster, edges: str, out: str, **settings: str):
     from pyspark.sql import SparkSession
 
-    with cluster_context(cluster, **COMMON, **settings) as sc:
+    with cluster_context(cluster, **dataframe_ops.COMMON, **settings) as sc:
         answers = dataframe_ops.run_all(SparkSession(sc), SETTINGS)
         answers["graphx"] = dataframe_ops.graphx_ranks(sc, edges, out)
         servers = []
         if settings:
             servers = [s["host"] for s in sc._netspark.coordinator.servers]
-            manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
-            shuffles = sc._jsc.sc().newShuffleId()
-            counts = [list(manager.mapOutputsThroughNetspark(i)) for i in range(shuffles)]
-            answers["held"] = [c for c in counts if c[1]]
+            answers["held"] = [c for c in dataframe_ops.map_output_counts(sc) if c[1]]
         return answers, servers
 
 

@@ -14,6 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 Rows = list[tuple[Any, ...]]
+# Every run: no broadcast joins (so joins shuffle), Arrow for the pandas UDFs.
+COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
 
 SCHEMA = ("id long, key string, value long, price decimal(12,2), text string, "
           "tags array<string>, attrs map<string,int>")
@@ -203,3 +205,10 @@ def assert_same_ranks(theirs: dict[int, float], mine: dict[int, float]) -> None:
     """GraphX ranks equal to Spark's own within 1e-9, over the same vertices."""
     assert len(theirs) > 500 and mine.keys() == theirs.keys()
     assert all(abs(mine[v] - theirs[v]) <= 1e-9 * abs(theirs[v]) for v in theirs)
+
+
+def map_output_counts(sc: Any) -> list[list[int]]:
+    """For every shuffle of the run: [map outputs netspark's servers hold, map outputs]."""
+    manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
+    shuffles = sc._jsc.sc().newShuffleId()  # one past the last shuffle of the run
+    return [list(manager.mapOutputsThroughNetspark(i)) for i in range(shuffles)]

@@ -16,21 +16,15 @@ from tests.spark.conftest import (
 # Two full runs of every operation under every setting: ~7 minutes here, so a make
 # target of its own (`make test-dataframe`), and a bound for the shared fixture.
 pytestmark = [pytest.mark.dataframe, pytest.mark.timeout(1800)]
-COMMON = {"sql.autoBroadcastJoinThreshold": "-1", "sql.execution.arrow.pyspark.enabled": "true"}
 
 
 def _answers(edges: Path, out: Path, **settings: str) -> tuple[dict, list[list[int]]]:
     from pyspark.sql import SparkSession
 
-    with spark_context(**COMMON, **settings) as sc:
+    with spark_context(**dataframe_ops.COMMON, **settings) as sc:
         answers = dataframe_ops.run_all(SparkSession(sc))
         answers["graphx"] = dataframe_ops.graphx_ranks(sc, str(edges), str(out))
-        counts = []
-        if settings:
-            manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
-            shuffles = sc._jsc.sc().newShuffleId()  # one past the last shuffle of the run
-            counts = [list(manager.mapOutputsThroughNetspark(i)) for i in range(shuffles)]
-        return answers, counts
+        return answers, dataframe_ops.map_output_counts(sc) if settings else []
 
 
 @pytest.fixture(scope="module")

@@ -159,11 +159,8 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
               : new IOException(e.getCause());
         }
         metrics.incFetchWaitTime((System.nanoTime() - start) / 1_000_000);
-        boolean owned = landed.get("owned").asBoolean();
-        if (owned) {
-          landed.get("extents").forEach(e -> held.add(e.get(0).asInt()));
-        }
-        return open(r, landed, owned);
+        held.addAll(ownedBlocks(landed));
+        return open(r, landed, landed.get("owned").asBoolean());
       } catch (IOException | RuntimeException | InterruptedException e) {
         if (e instanceof InterruptedException) {
           Thread.currentThread().interrupt();
@@ -224,7 +221,7 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
     }
 
     private void release() throws IOException {
-      List<Integer> blocks = new ArrayList<>(new java.util.LinkedHashSet<>(held));
+      List<Integer> blocks = new ArrayList<>(held);
       held.clear();
       server.release(blocks);
     }
@@ -240,22 +237,24 @@ final class NetsparkShuffleReader<K, C> implements ShuffleReader<K, C> {
       CompletableFuture<JsonNode> abandoned = ahead;
       ahead = null;
       if (abandoned != null) {
-        abandoned.thenAccept(landed -> releaseLanded(server, landed));
+        abandoned.thenAccept(landed -> {
+          try {
+            server.release(ownedBlocks(landed));
+          } catch (IOException ignored) {
+            // the server is gone, and with it the arena
+          }
+        });
       }
     }
   }
 
-  private static void releaseLanded(ExecutorServer server, JsonNode landed) {
-    if (!landed.get("owned").asBoolean()) {
-      return;
-    }
+  /** The blocks a landed request handed us, each once (none when read in place). */
+  private static List<Integer> ownedBlocks(JsonNode landed) {
     java.util.Set<Integer> blocks = new java.util.LinkedHashSet<>();
-    landed.get("extents").forEach(e -> blocks.add(e.get(0).asInt()));
-    try {
-      server.release(new ArrayList<>(blocks));
-    } catch (IOException ignored) {
-      // the server is gone, and with it the arena
+    if (landed.get("owned").asBoolean()) {
+      landed.get("extents").forEach(e -> blocks.add(e.get(0).asInt()));
     }
+    return new ArrayList<>(blocks);
   }
 
   @SuppressWarnings("unchecked")
