@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import socket
@@ -165,13 +166,14 @@ def test_bad_messages_close_the_connection_and_nothing_else(garbage):
         write_map(link, 1, 0, 1, [(0, "x")])
         sock = raw_connection(a.address.port)
         sock.sendall(garbage)
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(5)
         try:
+            sock.shutdown(socket.SHUT_WR)
             while sock.recv(4096):
                 pass  # an ERROR frame at most, then the close
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             pass  # closed with our bytes unread: also a close
+        except OSError as err:  # the server closed it before our shutdown
+            assert err.errno == errno.ENOTCONN, err
         sock.close()
         fetcher = Fetcher(link.pool, conf(localShortCircuit="false"), secret=SECRET, app_id=APP)
         assert list(read_partition(fetcher, [request(a.address, 1, 0, 0)])) == [(0, "x")]
