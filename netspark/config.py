@@ -99,13 +99,14 @@ class Key:
 KEYS: tuple[Key, ...] = (
     Key("enabled", "false", parse_bool,
         "Route every RDD shuffle of this application through netspark."),
-    Key("jvm", "false", parse_bool,
+    Key("jvm", "true", parse_bool,
         "Also install netspark's JVM shuffle manager for DataFrame/SQL exchanges and GraphX "
-        "(its jar on spark.jars, spark.shuffle.manager set; a different user "
-        "spark.shuffle.manager is refused): Spark's writers put map outputs into the "
-        "executor server's arena and JVM reducers read them in place. Off by default while "
-        "it is new. Needs the jar built at set-up (python -m netspark.jvm.build); without "
-        "it: a warning, and only RDD shuffles go through netspark."),
+        "(its jar on spark.jars, spark.shuffle.manager set): Spark's writers put map outputs "
+        "into the executor server's arena and JVM reducers read them in place. false keeps "
+        "those shuffles Spark's own. A spark.shuffle.manager of the application's own is kept "
+        "(with a warning) unless jvm=true is set explicitly, which refuses it. Needs the jar "
+        "built at set-up (python -m netspark.jvm.build); without it: a warning, and only RDD "
+        "shuffles go through netspark."),
     Key("transport", "auto", choice("auto", "rdma", "tcp"),
         "auto: RDMA when a device and the peer allow it, else TCP (logged); "
         "rdma: fail loudly without RDMA; tcp: never use RDMA."),

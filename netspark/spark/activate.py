@@ -76,13 +76,21 @@ class Plan:
 
 
 def _check_shuffle_manager(settings: dict[str, str], conf: NetsparkConf) -> None:
-    """A user's own spark.shuffle.manager and jvm=true cannot both hold: refuse, by name."""
+    """A user's own spark.shuffle.manager and the JVM part cannot both hold. Asked for by
+    name (jvm=true set), refuse; by default, keep the user's and turn the JVM part off."""
     for key, ours in (("spark.shuffle.manager", jvm.MANAGER_CLASS),
                       (jvm.DATA_IO_KEY, jvm.DATA_IO_CLASS)):
         chosen = settings.get(key, "").strip()
-        if conf.jvm and chosen and chosen != ours:
+        if not conf.jvm or not chosen or chosen == ours:
+            continue
+        if PREFIX + "jvm" in settings:
             raise ConfigError(f"{key}={chosen} conflicts with {PREFIX}jvm=true, which sets it "
                               f"to {ours}: unset {key}, or set {PREFIX}jvm=false")
+        log.warning("netspark: %s=%s is the application's own: JVM shuffles (DataFrame, SQL, "
+                    "GraphX) stay out of netspark, RDD shuffles go through it (unset %s to "
+                    "have both; %sjvm=false silences this)", key, chosen, key, PREFIX)
+        conf.jvm = False
+        return
 
 
 def _jvm_settings(settings: dict[str, str], conf: NetsparkConf) -> dict[str, str]:

@@ -36,10 +36,12 @@ def no_jar(tmp_path, monkeypatch):
     monkeypatch.setattr(netspark.jvm, "JAR", tmp_path / "absent.jar")
 
 
-def test_jvm_is_off_by_default(built_jar):
+def test_jvm_is_on_by_default_and_off_on_request(built_jar):
     chosen = plan(dict(REMOTE))
-    assert chosen.conf.jvm is False
-    assert chosen.spark == {"spark.python.daemon.module": DAEMON_MODULE, **DEFAULTS}
+    assert chosen.conf.jvm is True and chosen.spark["spark.shuffle.manager"] == MANAGER
+    off = plan({**REMOTE, "spark.netspark.jvm": "false"})
+    assert off.conf.jvm is False
+    assert off.spark == {"spark.python.daemon.module": DAEMON_MODULE, **DEFAULTS}
 
 
 def test_jar_present_names_the_manager_and_appends_the_jar(built_jar):
@@ -80,9 +82,17 @@ def test_reduce_locality_is_off_unless_the_application_chose(built_jar):
     assert "spark.shuffle.reduceLocality.enabled" not in chosen.spark  # theirs stays
 
 
-def test_a_user_shuffle_manager_is_left_alone_without_jvm(built_jar):
-    chosen = plan({**REMOTE, "spark.shuffle.manager": "sort"})
-    assert "spark.shuffle.manager" not in chosen.spark
+def test_a_user_shuffle_manager_is_kept_with_a_warning_unless_jvm_was_asked_for(built_jar,
+                                                                                 caplog):
+    with caplog.at_level(logging.WARNING, logger="netspark"):
+        chosen = plan({**REMOTE, "spark.shuffle.manager": "sort"})
+    assert chosen.conf.jvm is False and "spark.shuffle.manager" not in chosen.spark
+    assert "spark.jars" not in chosen.spark
+    assert any("spark.shuffle.manager=sort" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="netspark"):
+        quiet = plan({**REMOTE, "spark.shuffle.manager": "sort", "spark.netspark.jvm": "false"})
+    assert "spark.shuffle.manager" not in quiet.spark and not caplog.records
 
 
 # --- one cluster, jvm=true ---------------------------------------------------------------
