@@ -302,13 +302,13 @@ class ShuffleServer:
                         "acquire_timeout": self.conf.buffer_acquireTimeout,
                         "max_bytes_in_flight": self.conf.reducer_maxBytesInFlight}
             if op == "lease":  # for clients that cannot lease from the arena themselves
-                return {"ok": True, "blocks": self.arena.lease(int(request["count"]), pid)}
+                return {"ok": True, "blocks": self._lease_for(pid, request["count"])}
             if op == "release":
                 self.arena.release([int(b) for b in request["blocks"]], pid)
                 return {"ok": True}
-            if op == "commit":
+            if op == "commit":  # with "lease": n, the writer's blocks for its next task too
                 self.commit(pid, request)
-                return {"ok": True}
+                return {"ok": True, "blocks": self._lease_for(pid, request.get("lease", 0))}
             if op == "unregister":
                 return {"ok": True, "freed": self.unregister(int(request["shuffle"]))}
             if op == "stats":
@@ -318,6 +318,13 @@ class ShuffleServer:
             return {"ok": False, "error": f"unknown request {op!r}"}
         except (BadCommit, ArenaError, FetchFailed, KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+
+    def _lease_for(self, pid: int, count: Any) -> list[int]:
+        """Up to `count` free blocks for a client that cannot lease them itself (the JVM)."""
+        most = self.conf.buffer_poolSize // self.arena.block_size
+        if not isinstance(count, int) or not 0 <= count <= most:
+            raise ValueError(f"lease of {count!r} blocks: 0 to {most} (the pool's size)")
+        return self.arena.lease(count, pid) if count else []
 
     def commit(self, pid: int, request: dict[str, Any]) -> None:
         """Takes over the blocks of a finished map attempt and records its extents."""

@@ -101,6 +101,20 @@ def test_a_commit_of_blocks_not_held_is_refused():
         assert a.arena.stats().leased_blocks == 0
 
 
+def test_a_commit_can_lease_the_writers_next_block_and_bad_counts_are_refused():
+    with running_server() as a, link_to(a) as link:
+        [block] = link.client.call("lease", count=1)["blocks"]
+        reply = link.client.call("commit", shuffle=1, map=0, attempt=0, blocks=[block],
+                                 partitions={"0": [1, [[block, 0, 1, 0]]]}, lease=1)
+        [spare] = reply["blocks"]  # the JVM writer's next task starts without a round trip
+        assert spare != block and a.arena.stats().leased_blocks == 2
+        for bad in (-1, "1", 1 << 40):
+            with pytest.raises(ServerError, match="lease of"):
+                link.client.call("lease", count=bad)
+        link.client.call("release", blocks=[spare])
+        assert a.arena.stats().leased_blocks == 1  # the committed output's block
+
+
 def test_an_attempt_committed_twice_is_refused():
     with running_server() as a, link_to(a) as link:
         write_map(link, 1, 0, 1, [(0, 0)])

@@ -111,13 +111,29 @@ def test_a_netspark_server_killed_mid_shuffle_is_recomputed(tmp_path):
         assert len(sc._netspark.coordinator.lost) == 1
 
 
-def test_a_flipped_byte_in_a_committed_block_is_caught():
-    with spark_context(**{"netspark.enabled": "true"}) as sc:
+def test_a_flipped_byte_in_a_committed_block_is_caught_by_the_python_reader():
+    with spark_context(**{"netspark.enabled": "true", "netspark.jvm": "false"}) as sc:
         shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
         assert shuffled.count() == 20_000  # map outputs committed, kept for the next job
         assert flip_a_byte_in_every_committed_block(sc) > 0
         with pytest.raises(Exception, match="crc32c"):
             shuffled.collect()
+
+
+def test_a_flipped_byte_under_the_jvm_shuffle_makes_spark_rerun_the_maps():
+    """With the JVM part on, the handles too live in blocks: the JVM reader finds the bad
+    checksum first and throws FetchFailedException, so Spark recomputes the map stage and
+    the answer is right."""
+    with spark_context(**{"netspark.enabled": "true"}) as sc:
+        shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
+        assert shuffled.count() == 20_000
+        assert flip_a_byte_in_every_committed_block(sc) > 0
+        sc.setJobGroup("after-the-flip", "collect")
+        assert sorted(shuffled.collect()) == sorted((i % 100, i) for i in range(20_000))
+        tracker = sc.statusTracker()
+        [job] = tracker.getJobIdsForGroup("after-the-flip")
+        stages = [tracker.getStageInfo(stage) for stage in tracker.getJobInfo(job).stageIds]
+        assert max(stage.currentAttemptId for stage in stages if stage) >= 1  # a rerun
 
 
 def test_a_pool_smaller_than_the_shuffle_spills():

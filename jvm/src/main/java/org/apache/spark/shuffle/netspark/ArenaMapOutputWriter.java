@@ -119,7 +119,7 @@ final class ArenaMapOutputWriter implements ShuffleMapOutputWriter {
   }
 
   private int nextBlock() throws IOException {
-    int id = server.lease(1).get(0);
+    int id = server.takeBlock();
     blocks.add(id);
     return id;
   }
@@ -136,7 +136,7 @@ final class ArenaMapOutputWriter implements ShuffleMapOutputWriter {
     commit.put("blocks", blocks);
     commit.put("partitions", partitions);
     try {
-      server.call("commit", commit);
+      server.commit(commit);
     } catch (IOException e) {
       abort(e);
       throw e;

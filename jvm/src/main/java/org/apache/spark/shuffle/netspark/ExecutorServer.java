@@ -39,6 +39,10 @@ final class ExecutorServer {
   private final byte[] secret;
   private final String appId;
   private final ConcurrentLinkedQueue<ServerConnection> idle = new ConcurrentLinkedQueue<>();
+  /** Blocks leased with a map task's commit for the next ones: a round trip saved per task. */
+  private final ConcurrentLinkedQueue<Integer> spare = new ConcurrentLinkedQueue<>();
+  /** At most this many spare blocks idle between tasks (an executor's concurrent writers). */
+  private static final int SPARE_BLOCKS = 2;
   private final ConcurrentHashMap<String, ArenaMap> peerArenas = new ConcurrentHashMap<>();
 
   private ExecutorServer(String localPath, Runtime runtime) throws IOException {
@@ -72,6 +76,13 @@ final class ExecutorServer {
   static synchronized void forget() {
     if (current == null) {
       return;
+    }
+    List<Integer> spares = new ArrayList<>(current.spare);
+    current.spare.clear();
+    try {
+      current.release(spares);
+    } catch (IOException e) {
+      LOG.warn("netspark: could not give back {} spare blocks: {}", spares.size(), e.getMessage());
     }
     for (ServerConnection c; (c = current.idle.poll()) != null; ) {
       closeQuietly(c);
@@ -149,6 +160,21 @@ final class ExecutorServer {
     } catch (IOException e) {
       connection.close();
       throw e;
+    }
+  }
+
+  /** A block for a map writer: a spare one, else one leased now. */
+  int takeBlock() throws IOException {
+    Integer id = spare.poll();
+    return id != null ? id : lease(1).get(0);
+  }
+
+  /** Commits a map attempt's output; the reply brings a spare block for the next writer. */
+  void commit(Map<String, Object> output) throws IOException {
+    Map<String, Object> request = new java.util.LinkedHashMap<>(output);
+    request.put("lease", spare.size() < SPARE_BLOCKS ? 1 : 0);
+    for (JsonNode block : call("commit", request).get("blocks")) {
+      spare.add(block.asInt());
     }
   }
 
