@@ -316,7 +316,11 @@ class ShuffleServer:
             if op == "fetch":
                 return {"ok": True, "landed": self.fetch_for(pid, request["requests"])}
             return {"ok": False, "error": f"unknown request {op!r}"}
-        except (BadCommit, ArenaError, FetchFailed, KeyError, TypeError, ValueError) as err:
+        except FetchFailed as err:  # the JVM reader's FetchFailedException says this
+            return {"ok": False, "error": " ".join(filter(None, (
+                f"FetchFailed: the server at {err.unreachable} cannot be reached: {err}."
+                if err.unreachable else f"FetchFailed: {err}", err.advice())))}
+        except (BadCommit, ArenaError, KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 
     def _lease_for(self, pid: int, count: Any) -> list[int]:

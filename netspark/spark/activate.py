@@ -101,9 +101,9 @@ def _jvm_settings(settings: dict[str, str], conf: NetsparkConf) -> dict[str, str
         return {}
     jar = jvm.jar_path()
     if jar is None:
-        log.warning("netspark: %sjvm=true but %s is not built (run `%s`; needs a JDK): "
-                    "JVM shuffles (DataFrame, SQL, GraphX) stay Spark's own, RDD shuffles "
-                    "go through netspark", PREFIX, jvm.JAR, jvm.BUILD_COMMAND)
+        log.warning("netspark: %sjvm is on (the default) but %s is not built (run `%s`; "
+                    "needs a JDK): JVM shuffles (DataFrame, SQL, GraphX) stay Spark's own, "
+                    "RDD shuffles go through netspark", PREFIX, jvm.JAR, jvm.BUILD_COMMAND)
         return {}
     jars = [entry.strip() for entry in settings.get("spark.jars", "").split(",")
             if entry.strip()]

@@ -210,9 +210,7 @@ def _unreachable_message(link: ExecutorLink, err: FetchFailed) -> str:
     except Exception as report_err:
         outcome = f"the driver could not be told either ({report_err})"
     return (f"netspark: the server at {peer} (from {link.address.host}) cannot be reached: "
-            f"{err}. {outcome}. Check that every host reaches every other one's "
-            f"spark.netspark.port and that spark.netspark.advertiseAddress (default: the "
-            f"executor's own address) names an interface the others can reach.")
+            f"{err}. {outcome}. {err.advice()}")
 
 
 def round_robin(split: int, records: Iterable[Any], partitions: int) -> Iterator[tuple[int, Any]]:

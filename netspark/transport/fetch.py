@@ -88,6 +88,14 @@ class FetchFailed(IOError):
         super().__init__(message)
         self.unreachable = unreachable
 
+    def advice(self) -> str:
+        """What a user should check when a peer could not be reached ("" otherwise)."""
+        if self.unreachable is None:
+            return ""
+        return ("Check that every host reaches every other one's spark.netspark.port and "
+                "that spark.netspark.advertiseAddress (default: the executor's own address) "
+                "names an interface the others can reach.")
+
 
 @dataclass
 class _Sent:

@@ -1,3 +1,4 @@
+import dataclasses
 import errno
 import os
 import signal
@@ -395,3 +396,19 @@ def test_a_failed_request_of_a_batch_gives_back_what_landed_before_it():
                 reader.fetch_via_server([good, missing])
             c._pool.flush()
             assert c.arena.stats().leased_blocks == 0  # the first request's blocks came back
+
+
+def test_a_peer_that_cannot_be_reached_is_named_to_the_client_with_what_to_check():
+    """The JVM reader turns this error into its FetchFailedException: the user reads it."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    with running_server(localShortCircuit="false", **{"network.maxRetries": "1"}) as c, \
+            link_to(c) as reader:
+        gone = dataclasses.replace(c.address, port=port, host_key="another-host")
+        with pytest.raises(ServerError) as err:
+            reader.fetch_via_server([request(gone, 1, 0, 0)])
+    message = str(err.value)
+    assert f"the server at 127.0.0.1:{port} cannot be reached" in message
+    assert "spark.netspark.advertiseAddress" in message and "spark.netspark.port" in message
