@@ -32,6 +32,9 @@ MODES: dict[str, dict[str, str]] = {
     "netspark-tcp": {**NETSPARK, "spark.netspark.transport": "tcp",
                      "spark.netspark.localShortCircuit": "false"},
     "netspark-local": {**NETSPARK, "spark.netspark.localShortCircuit": "true"},
+    # JVM shuffles left Spark's own: the RDD path's handles then go through Spark's shuffle
+    "netspark-local-nojvm": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
+                             "spark.netspark.jvm": "false"},
     "netspark-rdma": {**NETSPARK, "spark.netspark.transport": "rdma",
                       "spark.netspark.localShortCircuit": "false"},
 }
