@@ -3,7 +3,7 @@
 `netspark-shuffle.jar` next to this file (`python -m netspark.jvm.build`).
 
 Nothing here starts a JVM; `netspark.spark.activate` puts the jar on `spark.jars` and names
-the manager in `spark.shuffle.manager` when `spark.netspark.jvm=true`.
+the manager in `spark.shuffle.manager` unless `spark.netspark.jvm=false`.
 """
 
 from __future__ import annotations

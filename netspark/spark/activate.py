@@ -3,7 +3,7 @@
 Two moments matter. Before the JVM context exists (`_initialize_context`), the
 settings are validated and the Spark settings the flag adds (`plan`) are set:
 `spark.python.daemon.module` points at netspark's daemon, so every executor starts its
-server, and with `spark.netspark.jvm=true` netspark's JVM shuffle manager is named in
+server, and (unless `spark.netspark.jvm=false`) netspark's JVM shuffle manager is named in
 `spark.shuffle.manager` and its jar added to `spark.jars`. Right after (`_do_init`), the
 coordinator starts, the executors' environment is filled in, and the RDD shuffles
 are rerouted. Anything that prevents activation is logged and Spark's own shuffle

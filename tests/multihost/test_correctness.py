@@ -9,13 +9,14 @@ from tests.spark.operations import OPERATIONS
 from tests.spark.test_correctness import MODES, run
 
 pytestmark = pytest.mark.timeout(1500)
+ACROSS = ("spark", "netspark-local", "netspark-tcp")  # the JVM part on, as by default
 
 
 @pytest.fixture(scope="module")
 def results(cluster):
     out = {}
-    for mode, settings in MODES.items():
-        with cluster_context(cluster, **settings) as sc:
+    for mode in ACROSS:
+        with cluster_context(cluster, **MODES[mode]) as sc:
             out[mode] = {name: run(fn, sc) for name, fn in OPERATIONS.items()}
             state = getattr(sc, "_netspark", None)
             assert (state is not None) == (mode != "spark"), mode

@@ -24,7 +24,7 @@ import scala.Product2;
  * The JVM side of netspark's one flag: the shuffle manager of DataFrame/SQL exchanges, GraphX,
  * and the JVM shuffle that carries the Python path's handles, set as
  * {@code spark.shuffle.manager} (with {@link NetsparkDataIO} as Spark's shuffle IO plugin)
- * when {@code spark.netspark.enabled=true} and {@code spark.netspark.jvm=true}.
+ * when {@code spark.netspark.enabled=true}, unless {@code spark.netspark.jvm=false}.
  *
  * <p>Map side: Spark's own writers (bypass-merge, unsafe, sort; chosen as Spark chooses) write
  * through the plugin into arena blocks, committed to the executor's netspark server; the map
