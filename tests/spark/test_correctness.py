@@ -6,7 +6,7 @@ import pytest
 from tests.spark.conftest import spark_context
 from tests.spark.operations import OPERATIONS
 
-# The module's fixture runs every operation on four clusters in turn (about 5 minutes
+# The module's fixture runs every operation on four clusters in turn (about 6 minutes
 # here, the 1000-partition one the longest): more than the default per-test timeout.
 pytestmark = pytest.mark.timeout(1200)
 
