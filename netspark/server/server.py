@@ -317,9 +317,7 @@ class ShuffleServer:
                 return {"ok": True, "landed": self.fetch_for(pid, request["requests"])}
             return {"ok": False, "error": f"unknown request {op!r}"}
         except FetchFailed as err:  # the JVM reader's FetchFailedException says this
-            return {"ok": False, "error": " ".join(filter(None, (
-                f"FetchFailed: the server at {err.unreachable} cannot be reached: {err}."
-                if err.unreachable else f"FetchFailed: {err}", err.advice())))}
+            return {"ok": False, "error": f"FetchFailed: {err.explained()}"}
         except (BadCommit, ArenaError, KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 

@@ -88,6 +88,13 @@ class FetchFailed(IOError):
         super().__init__(message)
         self.unreachable = unreachable
 
+    def explained(self) -> str:
+        """The failure as a user should read it: the peer that could not be reached, and
+        what to check, when that was the cause."""
+        if self.unreachable is None:
+            return str(self)
+        return f"the server at {self.unreachable} cannot be reached: {self}. {self.advice()}"
+
     def advice(self) -> str:
         """What a user should check when a peer could not be reached ("" otherwise)."""
         if self.unreachable is None:

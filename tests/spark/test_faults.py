@@ -111,11 +111,16 @@ def test_a_netspark_server_killed_mid_shuffle_is_recomputed(tmp_path):
         assert len(sc._netspark.coordinator.lost) == 1
 
 
+def committed_shuffle_with_every_block_flipped(sc):
+    shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
+    assert shuffled.count() == 20_000  # map outputs committed, kept for the next job
+    assert flip_a_byte_in_every_committed_block(sc) > 0
+    return shuffled
+
+
 def test_a_flipped_byte_in_a_committed_block_is_caught_by_the_python_reader():
     with spark_context(**{"netspark.enabled": "true", "netspark.jvm": "false"}) as sc:
-        shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
-        assert shuffled.count() == 20_000  # map outputs committed, kept for the next job
-        assert flip_a_byte_in_every_committed_block(sc) > 0
+        shuffled = committed_shuffle_with_every_block_flipped(sc)
         with pytest.raises(Exception, match="crc32c"):
             shuffled.collect()
 
@@ -125,9 +130,7 @@ def test_a_flipped_byte_under_the_jvm_shuffle_makes_spark_rerun_the_maps():
     checksum first and throws FetchFailedException, so Spark recomputes the map stage and
     the answer is right."""
     with spark_context(**{"netspark.enabled": "true"}) as sc:
-        shuffled = sc.parallelize(range(20_000), 4).map(lambda i: (i % 100, i)).partitionBy(4)
-        assert shuffled.count() == 20_000
-        assert flip_a_byte_in_every_committed_block(sc) > 0
+        shuffled = committed_shuffle_with_every_block_flipped(sc)
         sc.setJobGroup("after-the-flip", "collect")
         assert sorted(shuffled.collect()) == sorted((i % 100, i) for i in range(20_000))
         tracker = sc.statusTracker()
