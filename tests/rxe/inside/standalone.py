@@ -5,6 +5,10 @@ The master runs on hostA's address; one Worker per host binds to that host's add
 `--hostname`, which its netspark server advertises and picks its RDMA device by.
 Everything is in the guest's root namespace (rxe on 6.1 works only there); the hosts
 are told apart by their addresses. `stop()` kills every process it started.
+
+Under TCG a JVM now and then crashes while starting (SIGSEGV in its own JIT-compiled
+code; tests/rxe/inside/spark_start.py says more): a start where one of the cluster's
+JVMs crashed is tried again, up to ATTEMPTS starts in all.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ import pyspark
 from tests.rxe.inside.hosts import Host
 
 SPARK_HOME = Path(pyspark.__file__).parent
+ATTEMPTS = 3
+JVM_CRASHED = "A fatal error has been detected by the Java Runtime Environment"
+
+
+class ProcessExitedEarly(RuntimeError):
+    pass
 
 
 def _free_port(host: str) -> int:
@@ -54,6 +64,17 @@ class StandaloneCluster:
         return self.workdir / host.device / "work"
 
     def start(self, timeout: float) -> StandaloneCluster:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._start_once(timeout)
+            except ProcessExitedEarly as err:
+                if attempt == ATTEMPTS or JVM_CRASHED not in str(err):
+                    raise
+                print(f"cluster start {attempt}: a JVM crashed; again\n{err}", file=sys.stderr)
+                self.workdir = Path(tempfile.mkdtemp(prefix="rxe-standalone-"))
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> StandaloneCluster:
         try:
             address = self.master_host.address
             self.port, self.ui_port = _free_port(address), _free_port(address)
@@ -88,7 +109,7 @@ class StandaloneCluster:
         url = f"http://{self.master_host.address}:{self.ui_port}/json/"
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"a cluster process exited early:\n{self.logs()}")
+                raise ProcessExitedEarly(f"a cluster process exited early:\n{self.logs()}")
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(url, timeout=10) as answer:
                     alive = [w["host"] for w in json.load(answer)["workers"]
@@ -111,4 +132,5 @@ class StandaloneCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self.procs.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
