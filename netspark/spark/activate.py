@@ -154,11 +154,13 @@ def _load_on_driver(gateway_jvm: Any, jar: Path) -> None:
 class ShuffleState:
     """netspark's bookkeeping for one SparkContext."""
 
-    def __init__(self, sc: Any, conf: NetsparkConf, coordinator: Any) -> None:
+    def __init__(self, sc: Any, conf: NetsparkConf, coordinator: Any,
+                 jvm_shuffles: bool = False) -> None:
         from netspark.spark.metrics import ShuffleMetrics
 
         self.conf = conf
         self.coordinator = coordinator
+        self.jvm_shuffles = jvm_shuffles  # netspark's JVM shuffle manager is on
         self.metrics_param = ShuffleMetrics()
         self.metrics = sc.accumulator({}, self.metrics_param)
         self._ids = itertools.count(1)
@@ -248,7 +250,7 @@ def activate(sc: Any, conf: NetsparkConf) -> None:
     jvm_shuffles = settings.get("spark.shuffle.manager") == jvm.MANAGER_CLASS
     if jvm_shuffles:
         _configure_jvm(sc, {"python": sc.pythonExec, "env": environment})
-    state = ShuffleState(sc, conf, coordinator)
+    state = ShuffleState(sc, conf, coordinator, jvm_shuffles)
     sc._netspark = state
     shuffle.install()
     _attach_cleaner(sc, state)

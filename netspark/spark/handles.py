@@ -3,6 +3,10 @@
 One handle per (map attempt, reduce partition): where the server is, which output,
 how big. A fixed binary layout (never pickle: these bytes cross the network inside
 Spark's shuffle), checked on the way back in.
+
+With the JVM part on they are not stored: netspark's JVM shuffle keeps what they say in
+the map statuses and makes them again for each reducer, in this same layout
+(jvm/.../PythonHandles.java), so the map's attempt is its Spark task attempt id's low half.
 """
 
 from __future__ import annotations

@@ -86,10 +86,16 @@ def _shuffle(rdd: RDD, partitions: int, partition_func: Callable[[Any], int],
     jvm = rdd.ctx._jvm
     with SCCallSiteSync(rdd.context):
         pairs = jvm.PairwiseRDD(keyed._jrdd.rdd()).asJavaPairRDD()
-        jpartitioner = jvm.PythonPartitioner(partitions, id(partition_func))
+        if state.jvm_shuffles:  # handles kept in map statuses, not stored (PythonHandles.java)
+            jpartitioner = jvm.org.apache.spark.shuffle.netspark.HandlesPartitioner(
+                partitions, id(partition_func), shuffle_id)
+        else:
+            jpartitioner = jvm.PythonPartitioner(partitions, id(partition_func))
     shuffled = pairs.partitionBy(jpartitioner)
     state.track(shuffled.rdd().dependencies().head().shuffleId(), shuffle_id)
     handles = RDD(jvm.PythonRDD.valueOfPair(shuffled), rdd.ctx, NoOpSerializer())
+    spark_reruns = state.jvm_shuffles
     return handles.mapPartitionsWithIndex(
-        lambda split, it: tasks.read_reduce_partition(shuffle_id, split, it, report),
+        lambda split, it: tasks.read_reduce_partition(shuffle_id, split, it, report,
+                                                      spark_reruns),
         preservesPartitioning=True)

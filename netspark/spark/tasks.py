@@ -21,6 +21,7 @@ from typing import Any
 from pyspark.core.rdd import portable_hash
 
 from netspark.config import NetsparkConf
+from netspark.serde import ChecksumError, CorruptBatch
 from netspark.server.worker import ExecutorLink, read_partition_batches
 from netspark.spark.coordinator import report_unreachable
 from netspark.spark.handles import BadHandle, Handle
@@ -125,8 +126,10 @@ def write_map_output(shuffle: int, split: int, records: Iterable[tuple[Any, Any]
 
 
 def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
-                          report: Report) -> Iterator[Any]:
-    """The records of one reduce partition, from every map output Spark committed."""
+                          report: Report, spark_reruns: bool = False) -> Iterator[Any]:
+    """The records of one reduce partition, from every map output Spark committed.
+    `spark_reruns`: netspark's JVM shuffle made the handles, and turns a failure that
+    names a lost map output (`MapOutputLost.tag`) into Spark's fetch failure."""
     by_server: dict[Any, list[Handle]] = defaultdict(list)
     for data in handles:
         handle = Handle.decode(data)
@@ -149,17 +152,16 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
             start = time.perf_counter()
             try:
                 batch = next(batches, None)
-            except FetchFailed as err:
-                if err.unreachable is None:
-                    raise
-                raise ServerUnreachable(_unreachable_message(link, err)) from err
+            except (FetchFailed, ChecksumError, CorruptBatch) as err:
+                _raise_read_failure(link, err, fetcher.reading, spark_reruns)
+                raise
             reading += time.perf_counter() - start
             if batch is None:
                 break
             yield from batch
         report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": fetcher.routes(),
                 "read_s": reading,
-                "fetched_bytes": sum(h.size for hs in by_server.values() for h in hs)})
+                "fetched_bytes": fetcher.landed_bytes})
     finally:
         fetcher.close()
         if fetcher.wait_seconds > 1:
@@ -194,6 +196,36 @@ def plan_requests(shuffle: int, split: int, by_server: dict[Any, list[Handle]],
 
 class ServerUnreachable(IOError):
     """A map output's server cannot be reached; the driver was told (see coordinator)."""
+
+
+class MapOutputLost(IOError):
+    """A map output Spark committed cannot be read (fetch failed, checksum, corrupt batch);
+    its message ends with `tag`, by which netspark's JVM shuffle tells Spark which map to
+    rerun (jvm/.../PythonHandles.java)."""
+
+    @staticmethod
+    def tag(request: FetchRequest) -> str:
+        first = request.maps[0]
+        return (f"[netspark lost: shuffle={request.shuffle} map={first.map_id} "
+                f"attempt={first.attempt} partition={request.reduce_id}]")
+
+
+def _raise_read_failure(link: ExecutorLink, err: Exception, reading: FetchRequest | None,
+                        spark_reruns: bool) -> None:
+    """Raises what a reduce task should fail with when a map output cannot be read: tagged
+    for Spark when it reruns lost maps, with the unreachable server named and the driver
+    told (coordinator) when that was the cause; returns to re-raise `err` as it is."""
+    unreachable = isinstance(err, FetchFailed) and err.unreachable is not None
+    if isinstance(err, FetchFailed):
+        request, message = err.request, _unreachable_message(link, err) if unreachable \
+            else str(err)
+    else:
+        request, message = reading, str(err)
+    if spark_reruns and request is not None:
+        lost = ServerUnreachable if unreachable else MapOutputLost
+        raise lost(f"{message} {MapOutputLost.tag(request)}") from err
+    if unreachable:
+        raise ServerUnreachable(message) from err
 
 
 def _unreachable_message(link: ExecutorLink, err: FetchFailed) -> str:

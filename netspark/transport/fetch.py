@@ -58,8 +58,9 @@ class PeerAddress:
 
 @dataclass(frozen=True)
 class FetchRequest:
-    """`size`: the bytes the handles promise (0: not known), which lets a small request
-    ask for its data with the extents."""
+    """`size`: the bytes the handles promise (0: not known; with the JVM part on, a map
+    status's size, rounded up by up to 10%), which lets a small request ask for its data
+    with the extents."""
 
     peer: PeerAddress
     shuffle: int
@@ -82,11 +83,13 @@ class Landed:
 
 class FetchFailed(IOError):
     """A fetch could not be completed; `unreachable` is the peer, when the cause is that
-    it could not be reached (refused, reset, silent) after every retry."""
+    it could not be reached (refused, reset, silent) after every retry; `request`, the
+    request that failed."""
 
     def __init__(self, message: str, unreachable: PeerAddress | None = None) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.request: FetchRequest | None = None
 
     def explained(self) -> str:
         """The failure as a user should read it: the peer that could not be reached, and
@@ -136,6 +139,8 @@ class Fetcher:
         self._held_changed = threading.Condition()
         self._stop = threading.Event()
         self.wait_seconds = 0.0  # time the consumer waited for data
+        self.landed_bytes = 0  # bytes of the extents handed to the consumer
+        self.reading: FetchRequest | None = None  # the request the consumer was handed last
 
     def route_of(self, peer: PeerAddress) -> str:
         """The route this fetcher took to `peer`."""
@@ -176,6 +181,13 @@ class Fetcher:
 
     def fetch_one(self, req: FetchRequest, sent: _Sent | Exception | None = None) -> Landed:
         """`sent`: a first attempt already on the wire (or how sending it failed)."""
+        try:
+            return self._fetch_with_retries(req, sent)
+        except FetchFailed as err:
+            err.request = err.request or req
+            raise
+
+    def _fetch_with_retries(self, req: FetchRequest, sent: _Sent | Exception | None) -> Landed:
         retries = self.conf.network_maxRetries
         attempt = 0
         while True:
@@ -319,6 +331,8 @@ class Fetcher:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                self.landed_bytes += sum(e.length for e in item.extents)
+                self.reading = item.request
                 yield item
         finally:
             stop.set()

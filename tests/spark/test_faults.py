@@ -126,8 +126,9 @@ def test_a_flipped_byte_in_a_committed_block_is_caught_by_the_python_reader():
 
 
 def test_a_flipped_byte_under_the_jvm_shuffle_makes_spark_rerun_the_maps():
-    """With the JVM part on, the handles too live in blocks: the JVM reader finds the bad
-    checksum first and throws FetchFailedException, so Spark recomputes the map stage and
+    """With the JVM part on, the Python reader's crc32c error names the map output it could
+    not read, netspark's JVM shuffle (which made the reducer's handles from the map
+    statuses) turns it into Spark's fetch failure, so Spark recomputes the map stage and
     the answer is right."""
     with spark_context(**{"netspark.enabled": "true"}) as sc:
         shuffled = committed_shuffle_with_every_block_flipped(sc)

@@ -188,4 +188,14 @@ def test_rdd_group_by_key_still_goes_through_netspark(sc):
     for key, value in pairs:
         expected[key].append(value)
     assert dict(got) == {key: sorted(values) for key, values in expected.items()}
-    assert sc._netspark.summaries(), "the shuffle did not go through netspark"
+    state = sc._netspark
+    shuffle = max(state.summaries())  # this test's: the last one
+    summary = state.summaries()[shuffle]
+    # The handles were not stored: the JVM shuffle that carried them kept the data's sizes
+    # in its map statuses (rounded up by at most 10%), and made them again for the reducers.
+    manager = sc._jvm.org.apache.spark.shuffle.netspark.NetsparkShuffleManager
+    [jvm_shuffle] = [j for j, s in state._by_jvm_id.items() if s == shuffle]
+    assert list(manager.mapOutputsThroughNetspark(jvm_shuffle)) == [6, 6]
+    kept = manager.mapOutputBytes(jvm_shuffle, 4)
+    assert summary["map_bytes"] <= kept <= 1.1 * summary["map_bytes"], (kept, summary)
+    assert summary["fetched_bytes"] == summary["map_bytes"]

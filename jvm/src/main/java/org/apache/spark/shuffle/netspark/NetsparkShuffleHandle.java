@@ -13,10 +13,14 @@ final class NetsparkShuffleHandle<K, V, C> extends BaseShuffleHandle<K, V, C> {
 
   final ShuffleHandle spark;
   final Runtime runtime;
+  /** Python handles kept in the map statuses ({@link PythonHandles}), or null. */
+  final HandlesPartitioner pythonHandles;
 
-  NetsparkShuffleHandle(ShuffleHandle spark, ShuffleDependency<K, V, C> dependency, Runtime runtime) {
+  NetsparkShuffleHandle(ShuffleHandle spark, ShuffleDependency<K, V, C> dependency, Runtime runtime,
+      HandlesPartitioner pythonHandles) {
     super(spark.shuffleId(), dependency);
     this.spark = spark;
     this.runtime = runtime;
+    this.pythonHandles = pythonHandles;
   }
 }

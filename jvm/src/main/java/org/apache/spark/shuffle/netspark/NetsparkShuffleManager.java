@@ -109,11 +109,35 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     return counts;
   }
 
+  /** On the driver: the bytes of shuffle {@code shuffleId}'s registered map outputs for
+   * reduce partitions 0 to {@code partitions} - 1, as their map statuses say. */
+  public static long mapOutputBytes(int shuffleId, int partitions) {
+    org.apache.spark.MapOutputTrackerMaster tracker =
+        (org.apache.spark.MapOutputTrackerMaster) SparkEnv.get().mapOutputTracker();
+    long bytes = 0;
+    if (tracker.containsShuffle(shuffleId)) {
+      for (MapStatus status : tracker.shuffleStatuses().apply(shuffleId).mapStatuses()) {
+        for (int r = 0; status != null && r < partitions; r++) {
+          bytes += status.getSizeForBlock(r);
+        }
+      }
+    }
+    return bytes;
+  }
+
   @Override
   public <K, V, C> ShuffleHandle registerShuffle(int shuffleId, ShuffleDependency<K, V, C> dep) {
     ShuffleHandle spark = super.registerShuffle(shuffleId, dep);
     Runtime current = runtime;
-    return current == null ? spark : new NetsparkShuffleHandle<>(spark, dep, current);
+    if (current == null) {
+      return spark;
+    }
+    // Handles are rebuilt from map statuses whose map id is the task attempt id: not so
+    // under the old fetch protocol, where they are stored as any shuffle's records.
+    HandlesPartitioner handles = dep.partitioner() instanceof HandlesPartitioner p
+        && !SparkEnv.get().conf().getBoolean("spark.shuffle.useOldFetchProtocol", false)
+        ? p : null;
+    return new NetsparkShuffleHandle<>(spark, dep, current, handles);
   }
 
   @Override
@@ -124,6 +148,9 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     }
     NetsparkShuffleHandle<?, ?, ?> ours = (NetsparkShuffleHandle<?, ?, ?>) handle;
     ExecutorServer server = server(ours);
+    if (ours.pythonHandles != null) {
+      return PythonHandles.writer(server, ours.pythonHandles, mapId, context, metrics);
+    }
     NetsparkDataIO.SHUFFLES.put(handle.shuffleId(), server);
     ShuffleWriter<K, V> spark = super.getWriter(ours.spark, mapId, context, metrics);
     return new ShuffleWriter<K, V>() {
@@ -158,9 +185,13 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     }
     @SuppressWarnings("unchecked")
     NetsparkShuffleHandle<K, ?, C> ours = (NetsparkShuffleHandle<K, ?, C>) handle;
-    ExecutorServer server = server(ours);
     var locations = SparkEnv.get().mapOutputTracker().getMapSizesByExecutorId(
         handle.shuffleId(), startMapIndex, endMapIndex, startPartition, endPartition);
+    if (ours.pythonHandles != null) {
+      return PythonHandles.reader(ours.pythonHandles, handle.shuffleId(), locations,
+          context, metrics);
+    }
+    ExecutorServer server = server(ours);
     return new NetsparkShuffleReader<>(server, ours,
         FetchPlan.of(locations, server.requestBudget), context, metrics);
   }

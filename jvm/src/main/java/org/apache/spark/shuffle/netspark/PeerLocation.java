@@ -38,10 +38,15 @@ final class PeerLocation {
 
   /** The server of a map output's location, if netspark wrote it. */
   static Optional<PeerLocation> parse(BlockManagerId id) {
-    if (id.topologyInfo().isEmpty() || !id.topologyInfo().get().startsWith(PREFIX)) {
+    return id.topologyInfo().isEmpty() ? Optional.empty() : parse(id.topologyInfo().get());
+  }
+
+  /** The server a location string of {@link #format} names. */
+  static Optional<PeerLocation> parse(String location) {
+    if (!location.startsWith(PREFIX)) {
       return Optional.empty();
     }
-    String[] parts = id.topologyInfo().get().substring(PREFIX.length()).split(SEPARATOR, -1);
+    String[] parts = location.substring(PREFIX.length()).split(SEPARATOR, -1);
     if (parts.length != 4) {
       return Optional.empty();
     }
