@@ -6,8 +6,6 @@ shuffle turns into Spark's fetch failure (jvm/.../PythonHandles.java: `LOST`).""
 import re
 from pathlib import Path
 
-import pytest
-
 from netspark.serde import ChecksumError
 from netspark.spark.tasks import MapOutputLost, _raise_read_failure
 from netspark.transport.fetch import FetchFailed, FetchRequest, PeerAddress
