@@ -16,6 +16,9 @@ import scala.collection.Seq;
  * A reduce task's requests, from the map output locations Spark's MapOutputTracker gives
  * (map and partition ranges as AQE asks): one per server and reduce partition, split where
  * the maps' bytes would exceed a budget, so that a request's landed blocks stay bounded.
+ * Requests to this host's servers come first: they land at once (read in place), and the
+ * reader works on them while the first request to another host is on its way, as Spark's
+ * own reader reads local blocks while its remote fetches are in flight.
  */
 final class FetchPlan {
   /** One map output's part of a request. */
@@ -27,7 +30,7 @@ final class FetchPlan {
   private FetchPlan() {}
 
   static List<Request> of(scala.collection.Iterator<Tuple2<BlockManagerId,
-      Seq<Tuple3<BlockId, Object, Object>>>> locations, long budget) {
+      Seq<Tuple3<BlockId, Object, Object>>>> locations, long budget, String hostKey) {
     List<Request> requests = new ArrayList<>();
     while (locations.hasNext()) {
       Tuple2<BlockManagerId, Seq<Tuple3<BlockId, Object, Object>>> entry = locations.next();
@@ -58,6 +61,7 @@ final class FetchPlan {
         requests.add(new Request(location, peer, reduceId, group));
       });
     }
+    requests.sort(java.util.Comparator.comparing(r -> !r.peer().hostKey.equals(hostKey)));
     return requests;
   }
 }

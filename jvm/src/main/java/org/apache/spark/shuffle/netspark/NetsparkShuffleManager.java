@@ -193,7 +193,8 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     }
     ExecutorServer server = server(ours);
     return new NetsparkShuffleReader<>(server, ours,
-        FetchPlan.of(locations, server.requestBudget), context, metrics);
+        FetchPlan.of(locations, server.requestBudget,
+            PeerLocation.parse(server.location).orElseThrow().hostKey), context, metrics);
   }
 
   private static ExecutorServer server(NetsparkShuffleHandle<?, ?, ?> handle) {
