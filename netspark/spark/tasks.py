@@ -216,11 +216,8 @@ def _raise_read_failure(link: ExecutorLink, err: Exception, reading: FetchReques
     for Spark when it reruns lost maps, with the unreachable server named and the driver
     told (coordinator) when that was the cause; returns to re-raise `err` as it is."""
     unreachable = isinstance(err, FetchFailed) and err.unreachable is not None
-    if isinstance(err, FetchFailed):
-        request, message = err.request, _unreachable_message(link, err) if unreachable \
-            else str(err)
-    else:
-        request, message = reading, str(err)
+    request = err.request if isinstance(err, FetchFailed) else reading
+    message = _unreachable_message(link, err) if unreachable else str(err)  # type: ignore[arg-type]
     if spark_reruns and request is not None:
         lost = ServerUnreachable if unreachable else MapOutputLost
         raise lost(f"{message} {MapOutputLost.tag(request)}") from err

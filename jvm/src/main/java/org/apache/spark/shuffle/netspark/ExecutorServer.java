@@ -34,6 +34,7 @@ final class ExecutorServer {
   final String localPath;
   final ArenaMap arena;
   final String location; // this server's address, as MapStatus topology info (PeerLocation)
+  final PeerLocation peer; // the same, parsed once
   final long acquireTimeoutMs;
   final long requestBudget; // bytes of map output one fetch request may ask for
   private final byte[] secret;
@@ -55,6 +56,7 @@ final class ExecutorServer {
         info.get("data_offset").asLong(), true);
     this.location = PeerLocation.format(address.get(0).asText(), address.get(1).asInt(),
         address.get(2).asText(), address.get(3).asText());
+    this.peer = PeerLocation.parse(location).orElseThrow();
     this.acquireTimeoutMs = (long) (info.get("acquire_timeout").asDouble() * 1000);
     this.requestBudget = Math.max(1, info.get("max_bytes_in_flight").asLong() / 2);
   }

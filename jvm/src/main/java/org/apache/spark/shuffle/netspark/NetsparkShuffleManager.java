@@ -193,8 +193,7 @@ public class NetsparkShuffleManager extends SortShuffleManager {
     }
     ExecutorServer server = server(ours);
     return new NetsparkShuffleReader<>(server, ours,
-        FetchPlan.of(locations, server.requestBudget,
-            PeerLocation.parse(server.location).orElseThrow().hostKey), context, metrics);
+        FetchPlan.of(locations, server.requestBudget, server.peer.hostKey), context, metrics);
   }
 
   private static ExecutorServer server(NetsparkShuffleHandle<?, ?, ?> handle) {

@@ -49,7 +49,7 @@ final class PythonHandles {
   static <K, V> ShuffleWriter<K, V> writer(ExecutorServer server, HandlesPartitioner partitioner,
       long mapId, TaskContext context, ShuffleWriteMetricsReporter metrics) {
     long[] lengths = new long[partitioner.numPartitions()];
-    byte[] address = encodedAddress(PeerLocation.parse(server.location));
+    byte[] address = encodedAddress(server.peer);
     return new ShuffleWriter<K, V>() {
       @Override
       public void write(scala.collection.Iterator<Product2<K, V>> records) throws IOException {
@@ -123,7 +123,9 @@ final class PythonHandles {
     while (locations.hasNext()) {
       Tuple2<BlockManagerId, Seq<Tuple3<BlockId, Object, Object>>> entry = locations.next();
       BlockManagerId location = entry._1();
-      byte[] address = encodedAddress(PeerLocation.parse(location));
+      byte[] address = encodedAddress(PeerLocation.parse(location).orElseThrow(() ->
+          new IllegalStateException("netspark: a map status of a Python shuffle does not name "
+              + "a netspark server")));
       scala.collection.Iterator<Tuple3<BlockId, Object, Object>> blocks = entry._2().iterator();
       while (blocks.hasNext()) {
         Tuple3<BlockId, Object, Object> block = blocks.next();
@@ -181,9 +183,7 @@ final class PythonHandles {
 
   /** A handle's tail from its port on: port, then host, host key and arena path, each
    * behind its u16 length. */
-  private static byte[] encodedAddress(Optional<PeerLocation> parsed) {
-    PeerLocation peer = parsed.orElseThrow(() -> new IllegalStateException(
-        "netspark: a map status of a Python shuffle does not name a netspark server"));
+  private static byte[] encodedAddress(PeerLocation peer) {
     byte[][] strings = {peer.host.getBytes(StandardCharsets.UTF_8),
         peer.hostKey.getBytes(StandardCharsets.UTF_8),
         peer.arenaPath.getBytes(StandardCharsets.UTF_8)};
