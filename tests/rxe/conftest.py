@@ -1,10 +1,14 @@
 """Host side of the soft-RoCE (rdma_rxe) suite.
 
-Tests marked `rxe` need a VM: the session fixture `rxe_guest_run` boots ONE
-qemu VM (tests/rxe/vm.py) that runs `pytest tests/rxe/inside -m rxe_guest`
-with the host's own venv on the guest's kernel, and hands the inner result
-(exit code, per-test outcomes from JUnit XML, recorded metrics) to the host
-tests. Booting once per test would cost a boot each.
+Tests marked `rxe` need a VM: the session fixture `rxe_guest_run` boots a qemu
+VM (tests/rxe/vm.py) on the host release's Debian kernel that runs `pytest
+tests/rxe/inside -m rxe_guest` with the host's own venv, and hands the inner
+result (exit code, per-test outcomes from JUnit XML, recorded metrics) to the
+host tests. `rxe_netns_run` boots a second one, on Debian 13's backports kernel
+(whose rxe works between network namespaces), for NETNS_SUITE with each RoCE
+host in a namespace of its own (tests/rxe/inside/hosts.py). The JVMs stay on
+the first: under TCG they crashed or hung on the newer kernel. Booting once per
+test would cost a boot each.
 
 They are opt-in, since they take a minute and may install Debian packages:
 run them with `pytest -m rxe tests/rxe` (or NETSPARK_RXE=1). Without that they
@@ -30,6 +34,7 @@ from tests.rxe import vm
 
 GUEST_SUITE = "tests/rxe/inside"
 GUEST_MARKER = "rxe_guest"
+NETNS_SUITE = "tests/rxe/inside/test_rdma_two_hosts.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +44,10 @@ class GuestRun:
     seconds: float  # boot to power-off
     outcomes: dict[str, str]  # inner test id -> passed | failed | error | skipped
     metrics: dict[str, float]  # recorded by the inner tests (record_metric)
+    kernel: str  # the guest's kernel version
 
 
-_RUN_KEY = pytest.StashKey[GuestRun]()
+_RUNS_KEY = pytest.StashKey[dict[str, GuestRun]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,6 +83,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
     """Boot the VM once and run the inner suite in it."""
+    return _boot(request, "main", GUEST_SUITE, suite=None, env={})
+
+
+@pytest.fixture(scope="session")
+def rxe_netns_run(request: pytest.FixtureRequest) -> GuestRun:
+    """Boot the newer kernel once and run the two-host tests there, between namespaces."""
+    return _boot(request, "netns", NETNS_SUITE, suite=vm.NETNS_KERNEL_SUITE,
+                 env={"NETSPARK_RXE_NETNS": "1"})
+
+
+def _boot(request: pytest.FixtureRequest, name: str, tests: str, *, suite: str | None,
+          env: dict[str, str]) -> GuestRun:
     share = vm.REPO_ROOT
     runs = share / vm.RUN_DIR_NAME
     runs.mkdir(exist_ok=True)
@@ -84,13 +102,14 @@ def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
     try:
         junit = results / "junit.xml"
         argv = [
-            sys.executable, "-m", "pytest", GUEST_SUITE,
+            sys.executable, "-m", "pytest", tests,
             "-m", GUEST_MARKER,
             "-p", "no:cacheprovider",
             "-v", "-s", "-rfEs",
             f"--junitxml={junit}",
         ]  # fmt: skip
         env = {
+            **env,
             "PATH": os.environ.get("PATH", vm.DEFAULT_PATH),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
@@ -101,7 +120,7 @@ def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
         if "VIRTUAL_ENV" in os.environ:
             env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
         timeout = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "2400"))
-        artifacts = vm.prepare()
+        artifacts = vm.prepare(suite=suite)
         with _live_output(request.config):
             result = vm.run_in_vm(
                 argv, workdir=str(share), env=env, timeout=timeout, share=share,
@@ -114,12 +133,13 @@ def rxe_guest_run(request: pytest.FixtureRequest) -> GuestRun:
             seconds=result.seconds,
             outcomes=_junit_outcomes(junit) if junit.exists() else {},
             metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+            kernel=artifacts.kernel_version,
         )
     finally:
         shutil.rmtree(results, ignore_errors=True)
         with contextlib.suppress(OSError):
             runs.rmdir()  # unless another run is using it
-    request.config.stash[_RUN_KEY] = run
+    request.config.stash.setdefault(_RUNS_KEY, {})[name] = run
     return run
 
 
@@ -145,16 +165,18 @@ def _junit_outcomes(path: Path) -> dict[str, str]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    run = terminalreporter.config.stash.get(_RUN_KEY, None)
-    if run is None:
+    runs = terminalreporter.config.stash.get(_RUNS_KEY, {})
+    if not runs:
         return
     terminalreporter.section("soft-RoCE VM")
-    counts: dict[str, int] = {}
-    for outcome in run.outcomes.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
-    summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no results"
-    terminalreporter.write_line(
-        f"inner pytest exit {run.returncode} ({summary}) in {run.seconds:.1f} s of VM time"
-    )
-    for name, value in sorted(run.metrics.items()):
-        terminalreporter.write_line(f"{name}: {value:.4g}")
+    for name, run in runs.items():
+        counts: dict[str, int] = {}
+        for outcome in run.outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no results"
+        terminalreporter.write_line(
+            f"{name} boot ({run.kernel}): inner pytest exit {run.returncode} ({summary})"
+            f" in {run.seconds:.1f} s of VM time"
+        )
+        for metric, value in sorted(run.metrics.items()):
+            terminalreporter.write_line(f"{metric}: {value:.4g}")

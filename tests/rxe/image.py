@@ -46,6 +46,11 @@ HOST_PACKAGES = (
     "kmod",
 )
 KERNEL_META_PACKAGE = "linux-image-amd64"
+# The second boot's kernel: rdma_rxe carries traffic between network namespaces
+# from Linux 7 on (its UDP sockets became per namespace); Debian 12's kernels
+# are 6.1 and 6.12, so that boot runs Debian 13's backports kernel, downloaded
+# from the host's own Debian archive. The guest's userspace is still the host's.
+NETNS_KERNEL_SUITE = "trixie-backports"
 
 # What the guest loads, in this order; each module's own dependencies (read
 # with `modinfo -F depends`) are loaded before it. crc32_generic must precede
@@ -69,8 +74,9 @@ GUEST_MODULES = (
     "dummy",
     "veth",
 )
-# Nice to have (entropy for the guest's Python); nothing breaks without it.
-OPTIONAL_MODULES = frozenset({"virtio_rng"})
+# Nice to have (entropy for the guest's Python), or gone from newer kernels
+# (crc32 is a library there, built in); nothing breaks without them.
+OPTIONAL_MODULES = frozenset({"virtio_rng", "crc32_generic"})
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -173,14 +179,15 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "netspark" / "rxe"
 
 
-def prepare(cache_dir: Path | str | None = None) -> Artifacts:
-    """Make sure the kernel and initramfs exist in the cache; return their paths."""
+def prepare(cache_dir: Path | str | None = None, *, suite: str | None = None) -> Artifacts:
+    """Make sure the kernel and initramfs exist in the cache; return their paths.
+    The kernel is the host's own Debian release's, or the one of `suite`."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     ensure_host_packages(HOST_PACKAGES)
     with open(cache / ".lock", "w") as lock:  # one preparer at a time per cache
         fcntl.flock(lock, fcntl.LOCK_EX)
-        version, root = _ensure_kernel(cache)
+        version, root = _ensure_kernel(cache, suite)
         return _ensure_initramfs(cache, version, root)
 
 
@@ -242,57 +249,105 @@ def _apt_get(
 # --- kernel -----------------------------------------------------------------
 
 
-def _ensure_kernel(cache: Path) -> tuple[str, Path]:
-    """Return (kernel version, unpacked package root), downloading once."""
-    state = cache / "kernel.json"
+def _ensure_kernel(cache: Path, suite: str | None) -> tuple[str, Path]:
+    """Return (kernel version, unpacked packages' root), downloading once."""
+    state = cache / f"kernel-{suite or 'host'}.json"
     if state.exists():
         info = json.loads(state.read_text())
         root = cache / info["package"]
         if (root / ".complete").exists():
             return info["version"], root
-    package = _current_kernel_package()
+    apt = _KernelApt(cache / "apt", suite)
+    package = apt.current_kernel_package()
     root = cache / package
     if not (root / ".complete").exists():
-        _download_and_unpack(package, root)
+        _download_and_unpack(apt, [package, *apt.kernel_parts(package)], root)
     version = package.removeprefix("linux-image-")
     state.write_text(json.dumps({"package": package, "version": version}) + "\n")
     return version, root
 
 
-def _current_kernel_package() -> str:
-    pattern = re.compile(r"Depends:\s*(linux-image-\d[\w.+-]*-amd64)\s*$", re.MULTILINE)
-    for attempt in range(2):
-        proc = subprocess.run(
-            ["apt-cache", "depends", KERNEL_META_PACKAGE],
-            capture_output=True,
-            text=True,
-            check=False,
+class _KernelApt:
+    """apt as the host has it, or with a private package list of `suite` only, on
+    the Debian archive the host's own sources name (the host's apt state is never
+    touched)."""
+
+    def __init__(self, folder: Path, suite: str | None) -> None:
+        self.suite = suite
+        self.options: list[str] = []
+        if suite is None:
+            return
+        (folder / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (folder / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        sources = folder / "sources.list"
+        sources.write_text(f"deb {_host_debian_archive()} {suite} main\n")
+        self.options = [
+            "-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={folder / 'lists'}",
+            "-o", f"Dir::Cache={folder / 'cache'}", "-o", "APT::Architectures::=amd64",
+        ]  # fmt: skip
+        _apt_get([*self.options, "update"], check=True)
+
+    def current_kernel_package(self) -> str:
+        """The linux-image package KERNEL_META_PACKAGE points at."""
+        pattern = re.compile(r"Depends:\s*(linux-image-\d[\w.+-]*-amd64)\s*$", re.MULTILINE)
+        for attempt in range(2):
+            found = pattern.findall(self._cache("depends", KERNEL_META_PACKAGE))
+            found = [p for p in found if not p.endswith("-cloud-amd64")]
+            if found:
+                return found[0]
+            if attempt == 0 and self.suite is None and os.geteuid() == 0:
+                _apt_get(["update"], check=True)  # the host's lists: stale or missing
+        raise PrepareError(
+            f"cannot resolve the kernel package from `apt-cache depends {KERNEL_META_PACKAGE}`"
+            f" in {self.suite or 'the host sources'} (run `apt-get update` as root first)"
         )
-        found = pattern.findall(proc.stdout)
-        found = [p for p in found if not p.endswith("-cloud-amd64")]
-        if found:
-            return found[0]
-        if attempt == 0 and os.geteuid() == 0:
-            _apt_get(["update"], check=True)
-    raise PrepareError(
-        f"cannot resolve the kernel package from `apt-cache depends {KERNEL_META_PACKAGE}`"
-        " (run `apt-get update` as root first)"
-    )
+
+    def kernel_parts(self, package: str) -> list[str]:
+        """The packages a split kernel package (Debian 13's) keeps its vmlinuz
+        and modules in: linux-binary-<version>, linux-modules-<version>."""
+        version = re.escape(package.removeprefix("linux-image-"))
+        pattern = re.compile(rf"Depends:\s*(linux-(?:binary|modules)-{version})\s*$", re.M)
+        return sorted(set(pattern.findall(self._cache("depends", package))))
+
+    def _cache(self, *args: str) -> str:
+        proc = subprocess.run(["apt-cache", *self.options, *args], capture_output=True,
+                              text=True, check=False)
+        return proc.stdout
 
 
-def _download_and_unpack(package: str, root: Path) -> None:
+def _host_debian_archive() -> str:
+    """The Debian archive URI of the host's own sources (not its security one)."""
+    uris: list[str] = []
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        if not path.is_file() or not path.name.endswith((".list", ".sources")):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split()
+            if line.startswith("URIs:"):
+                uris += words[1:]
+            elif words[:1] == ["deb"]:
+                uris += [w for w in words[1:] if "://" in w][:1]
+    debian = [u.rstrip("/") for u in uris if u.rstrip("/").endswith("/debian")]
+    if not debian:
+        raise PrepareError("no Debian archive (a URI ending in /debian) in the host's apt sources")
+    return debian[0]
+
+
+def _download_and_unpack(apt: _KernelApt, packages: list[str], root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root.parent, prefix="download-") as tmp:
         opts = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-        _apt_get([*opts, "download", package], check=True, cwd=Path(tmp))
+        _apt_get([*apt.options, *opts, "download", *packages], check=True, cwd=Path(tmp))
         debs = list(Path(tmp).glob("*.deb"))
-        if len(debs) != 1:
-            raise PrepareError(f"apt-get download {package} gave {debs}")
+        if len(debs) != len(packages):
+            raise PrepareError(f"apt-get download {' '.join(packages)} gave {debs}")
         partial = Path(tmp) / "root"
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(partial)], check=True)
+        for deb in debs:
+            subprocess.run(["dpkg", "-x", str(deb), str(partial)], check=True)
         if root.exists():
             shutil.rmtree(root)
         partial.rename(root)
-    (root / ".complete").write_text(package + "\n")
+    (root / ".complete").write_text(" ".join(packages) + "\n")
 
 
 # --- modules ----------------------------------------------------------------
@@ -307,13 +362,17 @@ def resolve_modules(
 ) -> list[Path]:
     """Module files for `wanted` and their dependencies, dependencies first.
 
-    Modules built into the kernel (listed in modules.builtin) are skipped.
+    Modules built into the kernel (listed in modules.builtin) are skipped. Debian
+    13's packages ship no modules.builtin: there a module without a file is taken
+    as built in (virtio_pci, 9p and crc32 are), and the guest's /init fails loudly
+    if it is not.
     """
     index = {_module_name(p): p for p in modules_dir.rglob("*.ko*")}
     builtin_file = modules_dir / "modules.builtin"
+    listed = builtin_file.exists()
     builtin = (
         {_module_name(Path(line)) for line in builtin_file.read_text().split()}
-        if builtin_file.exists()
+        if listed
         else set()
     )
     order: list[Path] = []
@@ -327,7 +386,7 @@ def resolve_modules(
             raise PrepareError(f"module dependency cycle: {' -> '.join((*chain, name))}")
         path = index.get(name)
         if path is None:
-            if name in optional:
+            if name in optional or not listed:
                 return
             raise PrepareError(f"kernel module {name} not found under {modules_dir}")
         for dep in _modinfo_depends(path):
@@ -368,12 +427,15 @@ def _read_module(path: Path) -> bytes:
 
 
 def _ensure_initramfs(cache: Path, version: str, root: Path) -> Artifacts:
-    kernel = root / "boot" / f"vmlinuz-{version}"
-    modules_dir = root / "lib" / "modules" / version
-    if not kernel.exists() or not modules_dir.is_dir():
-        raise PrepareError(
-            f"unpacked kernel package in {root} lacks {kernel.name} or lib/modules/{version}"
-        )
+    # Debian 13 keeps vmlinuz beside the modules, under /usr; Debian 12 in /boot.
+    modules_dir = next((d for d in (root / "usr/lib/modules" / version,
+                                    root / "lib/modules" / version) if d.is_dir()), None)
+    kernel = next((k for k in (root / "boot" / f"vmlinuz-{version}",
+                               root / "usr/lib/modules" / version / "vmlinuz") if k.exists()),
+                  None)
+    if kernel is None or modules_dir is None:
+        raise PrepareError(f"unpacked kernel packages in {root} lack vmlinuz or the modules "
+                           f"of {version}")
     if not BUSYBOX.exists():
         raise PrepareError(f"{BUSYBOX} missing: install busybox-static")
     init = GUEST_INIT.encode()

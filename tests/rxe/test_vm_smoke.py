@@ -1,8 +1,10 @@
 """Soft-RoCE smoke suite, host side.
 
 The `rxe` tests share one VM boot (the `rxe_guest_run` session fixture in
-conftest.py) that runs tests/rxe/inside in the guest; they check and report
-its result. The unmarked tests check the harness itself on the host.
+conftest.py) that runs tests/rxe/inside in the guest, and a second boot on a
+newer kernel (`rxe_netns_run`) that runs the two-host tests with each host in a
+network namespace of its own; they check and report their results. The
+unmarked tests check the harness itself on the host.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ EXPECTED_GUEST_TESTS = (
     "test_pyspark_group_by_key_reads_over_rdma",
 )
 
+# Run in the second boot, each host a network namespace (tests/rxe/inside/hosts.py).
+EXPECTED_NETNS_TESTS = (
+    "test_a_fetch_between_two_devices_uses_each_sides_own_device_and_gid[A-serves-B]",
+    "test_a_fetch_between_two_devices_uses_each_sides_own_device_and_gid[B-serves-A]",
+    "test_a_reader_forced_onto_the_other_hosts_device_says_so",
+    "test_a_gid_that_is_not_the_advertised_address_never_gives_wrong_data[reader]",
+    "test_a_gid_that_is_not_the_advertised_address_never_gives_wrong_data[server]",
+)
+
 rxe = pytest.mark.rxe
 
 
@@ -71,6 +82,22 @@ def test_guest_ran_every_test(rxe_guest_run) -> None:
     )
     not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
     assert not not_passed, f"inner tests not passed: {not_passed}"
+
+
+@rxe
+@pytest.mark.timeout(_PYTEST_TIMEOUT)
+def test_two_hosts_in_network_namespaces_pass(rxe_netns_run) -> None:
+    """The RDMA tests between two hosts, each in a namespace of its own, on a kernel
+    whose rxe carries traffic between namespaces."""
+    assert int(rxe_netns_run.kernel.split(".")[0]) >= 7, rxe_netns_run.kernel
+    assert rxe_netns_run.returncode == 0, (
+        f"inner pytest exited {rxe_netns_run.returncode}; VM console:\n"
+        + _console_tail(rxe_netns_run.output)
+    )
+    outcomes = rxe_netns_run.outcomes
+    ran = {name.rsplit("::", 1)[-1] for name in outcomes}
+    assert set(EXPECTED_NETNS_TESTS) <= ran, f"missing: {set(EXPECTED_NETNS_TESTS) - ran}"
+    assert all(outcome == "passed" for outcome in outcomes.values()), outcomes
 
 
 @rxe

@@ -17,6 +17,7 @@ Command line (exit status is the command's)::
 
     python -m tests.rxe.vm -- ibv_devinfo -d rxe0
     python -m tests.rxe.vm --env FOO=1 --timeout 600 -- .venv/bin/python -m pytest tests/rxe/inside
+    python -m tests.rxe.vm --netns-kernel -- uname -r   # Debian 13's backports kernel
 
 Environment: NETSPARK_RXE_CACHE (cache folder, default ~/.cache/netspark/rxe),
 NETSPARK_RXE_ACCEL (tcg, the default, or kvm).
@@ -47,9 +48,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from tests.rxe.image import Artifacts, PrepareError, default_cache_dir, prepare
+from tests.rxe.image import (
+    NETNS_KERNEL_SUITE,
+    Artifacts,
+    PrepareError,
+    default_cache_dir,
+    prepare,
+)
 
 __all__ = [
+    "NETNS_KERNEL_SUITE",
     "REPO_ROOT",
     "Artifacts",
     "PrepareError",
@@ -308,12 +316,19 @@ def main(args: Sequence[str] | None = None) -> int:
         action="store_true",
         help="build the cached kernel and initramfs, then exit",
     )
+    parser.add_argument(
+        "--netns-kernel",
+        action="store_true",
+        help=f"boot Debian's {NETNS_KERNEL_SUITE} kernel, whose rxe works between"
+        " network namespaces, instead of the host release's",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     opts = parser.parse_args(args)
 
     command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
     try:
-        artifacts = prepare(default_cache_dir())
+        suite = NETNS_KERNEL_SUITE if opts.netns_kernel else None
+        artifacts = prepare(default_cache_dir(), suite=suite)
         if opts.prepare_only:
             print(f"kernel {artifacts.kernel}")
             print(f"initramfs {artifacts.initramfs}")

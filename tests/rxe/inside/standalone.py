@@ -1,10 +1,10 @@
-"""A Spark standalone cluster on the VM's two rxe "hosts" (tests/rxe/inside/hosts.py).
+"""A Spark standalone cluster on the VM's two rxe hosts (tests/rxe/inside/hosts.py).
 
-The master runs on hostA's address; one Worker per host binds to that host's address
-(`--host`, `SPARK_LOCAL_IP`), so Spark gives each executor that address as its
-`--hostname`, which its netspark server advertises and picks its RDMA device by.
-Everything is in the guest's root namespace (rxe on 6.1 works only there); the hosts
-are told apart by their addresses. `stop()` kills every process it started.
+The master runs on hostA; one Worker per host runs there (in its network namespace
+where hosts have one: tests/rxe/inside/hosts.py), bound to its address (`--host`,
+`SPARK_LOCAL_IP`), so Spark gives each executor that address as its `--hostname`,
+which its netspark server advertises and picks its RDMA device by. `stop()` kills
+every process it started.
 
 Under TCG a JVM now and then crashes while starting (SIGSEGV in its own JIT-compiled
 code; tests/rxe/inside/spark_start.py says more): a start where one of the cluster's
@@ -39,9 +39,9 @@ class ProcessExitedEarly(RuntimeError):
     pass
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+def _free_port(host: Host) -> int:
+    with host.inside(), socket.socket() as sock:
+        sock.bind((host.address, 0))
         return sock.getsockname()[1]
 
 
@@ -76,14 +76,14 @@ class StandaloneCluster:
 
     def _start_once(self, timeout: float) -> StandaloneCluster:
         try:
-            address = self.master_host.address
-            self.port, self.ui_port = _free_port(address), _free_port(address)
-            self._spawn("master", address, "org.apache.spark.deploy.master.Master",
-                        "--host", address, "--port", str(self.port),
+            master = self.master_host
+            self.port, self.ui_port = _free_port(master), _free_port(master)
+            self._spawn("master", master, "org.apache.spark.deploy.master.Master",
+                        "--host", master.address, "--port", str(self.port),
                         "--webui-port", str(self.ui_port))
             for host in self.workers:
                 self.work_dir(host).mkdir(parents=True)
-                self._spawn(f"worker-{host.device}", host.address,
+                self._spawn(f"worker-{host.device}", host,
                             "org.apache.spark.deploy.worker.Worker", "--host", host.address,
                             "--cores", "1", "--memory", self.worker_memory,
                             "--work-dir", str(self.work_dir(host)), self.url)
@@ -93,14 +93,15 @@ class StandaloneCluster:
             raise
         return self
 
-    def _spawn(self, role: str, address: str, main_class: str, *args: str) -> None:
+    def _spawn(self, role: str, host: Host, main_class: str, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"}
         env.update({"SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable,
-                    "SPARK_NO_DAEMONIZE": "1", "SPARK_LOCAL_IP": address,
+                    "SPARK_NO_DAEMONIZE": "1", "SPARK_LOCAL_IP": host.address,
                     "SPARK_DAEMON_MEMORY": "192m"})
         with open(self.workdir / f"{role}.log", "wb") as log:
             self.procs.append(subprocess.Popen(
-                [str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=env,
+                host.command(str(SPARK_HOME / "bin" / "spark-class"), main_class, *args),
+                env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True))
 
@@ -110,7 +111,7 @@ class StandaloneCluster:
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
                 raise ProcessExitedEarly(f"a cluster process exited early:\n{self.logs()}")
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError), self.master_host.inside():
                 with urllib.request.urlopen(url, timeout=10) as answer:
                     alive = [w["host"] for w in json.load(answer)["workers"]
                              if w["state"] == "ALIVE"]

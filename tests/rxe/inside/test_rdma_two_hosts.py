@@ -1,12 +1,11 @@
-"""RDMA between two devices: a server on one rxe "host", a reader on the other.
+"""RDMA between two hosts: a server in one network namespace, a reader in the other.
 
-Until now both ends of every RDMA test shared rxe0, which hides addressing and GID
-mistakes (any GID of the one device reaches the other end). Here the server
-advertises hostA's address (10.214.0.1, rxeA on vethA) and the reader's is hostB's
-(10.214.0.2, rxeB on vethB), with rxe0 (on dummy0) still present as a third device
-that neither may pick: each side must open the device and GID of its own address,
-and the bytes must cross the veth wire. See tests/rxe/inside/hosts.py for why both
-ends stay in the guest's root namespace.
+Until these, both ends of every RDMA test shared rxe0, which hides addressing and GID
+mistakes (any GID of the one device reaches the other end). Here the server runs in
+hostA and advertises its address (10.214.0.1, rxeA on vethA), the reader runs in hostB
+(10.214.0.2, rxeB on vethB), with rxe0 (on the root's dummy0) still present as a third
+device that neither may pick: each side must open the device and GID of its own
+address, and the bytes must cross the veth wire (tests/rxe/inside/hosts.py).
 """
 
 from __future__ import annotations
@@ -51,11 +50,12 @@ def expected(reduce_id: int) -> list:
 def server_on(host: Host, shuffle: int, **settings: str) -> Iterator[tuple[ShuffleServer, int]]:
     """A server listening on and advertising `host`'s address, holding MAPS of
     `shuffle`; yields it and the bytes committed."""
-    server = ShuffleServer(conf(**settings), secret=SECRET, app_id=APP,
-                           host=host.address).start()
+    with host.inside():  # its threads stay there: it serves from `host`
+        server = ShuffleServer(conf(**settings), secret=SECRET, app_id=APP,
+                               host=host.address).start()
     try:
         committed = 0
-        with link_to(server, **settings) as link:
+        with host.inside(), link_to(server, **settings) as link:
             for m in MAPS:
                 committed += sum(write_map(link, shuffle, m, PARTS, records_of(m)).values())
         yield server, committed
@@ -65,8 +65,8 @@ def server_on(host: Host, shuffle: int, **settings: str) -> Iterator[tuple[Shuff
 
 @contextlib.contextmanager
 def fetcher_on(host: Host, **settings: str) -> Iterator[Fetcher]:
-    """A reader whose own server would advertise `host`'s address."""
-    with Arena.create(conf(**settings)) as arena:
+    """A reader on `host`, whose own server would advertise its address."""
+    with host.inside(), Arena.create(conf(**settings)) as arena:
         fetcher = Fetcher(BlockPool(arena), conf(**settings), secret=SECRET, app_id=APP,
                           local_address=host.address)
         try:
