@@ -1,11 +1,12 @@
-"""RDMA between two hosts: a server in one network namespace, a reader in the other.
+"""RDMA between two hosts: a server on one, a reader on the other.
 
 Until these, both ends of every RDMA test shared rxe0, which hides addressing and GID
-mistakes (any GID of the one device reaches the other end). Here the server runs in
-hostA and advertises its address (10.214.0.1, rxeA on vethA), the reader runs in hostB
+mistakes (any GID of the one device reaches the other end). Here the server runs on
+hostA and advertises its address (10.214.0.1, rxeA on vethA), the reader runs on hostB
 (10.214.0.2, rxeB on vethB), with rxe0 (on the root's dummy0) still present as a third
 device that neither may pick: each side must open the device and GID of its own
-address, and the bytes must cross the veth wire (tests/rxe/inside/hosts.py).
+address, and the bytes must cross the veth wire. Each host is a network namespace of
+its own in the VM's second boot, whose kernel allows it (tests/rxe/inside/hosts.py).
 """
 
 from __future__ import annotations
