@@ -48,13 +48,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from tests.rxe.image import (
-    NETNS_KERNEL_SUITE,
-    Artifacts,
-    PrepareError,
-    default_cache_dir,
-    prepare,
-)
+from tests.rxe.debian import NETNS_KERNEL_SUITE
+from tests.rxe.image import Artifacts, PrepareError, default_cache_dir, prepare
 
 __all__ = [
     "NETNS_KERNEL_SUITE",
