@@ -157,7 +157,8 @@ import os, sys, time
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 from pyspark import SparkConf, SparkContext
 conf = (SparkConf().setMaster("local-cluster[2,1,1024]").set("spark.ui.enabled", "false")
-        .set("spark.netspark.enabled", "true").set("spark.rpc.askTimeout", "30s"))
+        .set("spark.netspark.enabled", "true").set("spark.rpc.askTimeout", "30s")
+        .set("spark.rpc.lookupTimeout", "30s"))
 sc = SparkContext(conf=conf)
 print("APP", sc.applicationId, flush=True)
 sc.parallelize(range(10000), 4).map(lambda i: (i % 10, i)).groupByKey().count()
@@ -190,9 +191,11 @@ def test_nothing_is_left_behind(ending):
     assert list(Path(tempfile.gettempdir()).glob(f"netspark-{app}-*")) == []  # their sockets
     # Spark's standalone Worker relaunches executors while an abruptly ended driver
     # shuts down (20 or so per run here); one launched last can wait for the dying
-    # driver several times spark.rpc.askTimeout before it exits (CI once saw one
-    # outlive 180 s with the default 120 s), hence the driver's 30 s. Spark's, but
-    # it too must end.
+    # driver several times spark.rpc.askTimeout, and look it up three times with
+    # spark.rpc.lookupTimeout, before it exits (CI once saw one outlive 180 s with the
+    # default 120 s askTimeout; later one did with the default 120 s lookupTimeout),
+    # hence the driver's 30 s for both (executors get spark.rpc.* at launch). Spark's,
+    # but it too must end.
     assert wait_until_gone(lambda: processes(app), 180) == [], \
         "processes of the application survived it"
 
