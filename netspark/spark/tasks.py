@@ -215,9 +215,10 @@ def _raise_read_failure(link: ExecutorLink, err: Exception, reading: FetchReques
     """Raises what a reduce task should fail with when a map output cannot be read: tagged
     for Spark when it reruns lost maps, with the unreachable server named and the driver
     told (coordinator) when that was the cause; returns to re-raise `err` as it is."""
-    unreachable = isinstance(err, FetchFailed) and err.unreachable is not None
-    request = err.request if isinstance(err, FetchFailed) else reading
-    message = _unreachable_message(link, err) if unreachable else str(err)  # type: ignore[arg-type]
+    failed = err if isinstance(err, FetchFailed) else None
+    request = failed.request if failed is not None else reading
+    unreachable = failed if failed is not None and failed.unreachable is not None else None
+    message = _unreachable_message(link, unreachable) if unreachable else str(err)
     if spark_reruns and request is not None:
         lost = ServerUnreachable if unreachable else MapOutputLost
         raise lost(f"{message} {MapOutputLost.tag(request)}") from err
