@@ -14,10 +14,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.rxe import vm
+
+if TYPE_CHECKING:
+    from tests.rxe.conftest import GuestRun
 
 # The VM's own limit (NETSPARK_RXE_TIMEOUT) plus room for a first prepare().
 _PYTEST_TIMEOUT = float(os.environ.get("NETSPARK_RXE_TIMEOUT", "2400")) + 600
@@ -62,26 +66,30 @@ def _console_tail(output: str, n: int = 80) -> str:
     return "\n".join(output.splitlines()[-n:])
 
 
+def _assert_exited_zero(run: GuestRun) -> None:
+    assert run.returncode == 0, (
+        f"inner pytest exited {run.returncode}; VM console:\n" + _console_tail(run.output)
+    )
+
+
+def _assert_every_test_passed(run: GuestRun, expected: tuple[str, ...]) -> None:
+    """A run of skips would hide a broken bring-up: every inner test must pass."""
+    ran = {name.rsplit("::", 1)[-1] for name in run.outcomes}
+    assert set(expected) <= ran, f"missing inner tests: {set(expected) - ran}"
+    not_passed = {name: outcome for name, outcome in run.outcomes.items() if outcome != "passed"}
+    assert not not_passed, f"inner tests not passed: {not_passed}"
+
+
 @rxe
 @pytest.mark.timeout(_PYTEST_TIMEOUT)
 def test_guest_suite_passes(rxe_guest_run) -> None:
-    assert rxe_guest_run.returncode == 0, (
-        f"inner pytest exited {rxe_guest_run.returncode}; VM console:\n"
-        + _console_tail(rxe_guest_run.output)
-    )
+    _assert_exited_zero(rxe_guest_run)
 
 
 @rxe
 @pytest.mark.timeout(_PYTEST_TIMEOUT)
 def test_guest_ran_every_test(rxe_guest_run) -> None:
-    """A run of skips would hide a broken bring-up: every inner test must pass."""
-    outcomes = rxe_guest_run.outcomes
-    ran = {name.rsplit("::", 1)[-1] for name in outcomes}
-    assert set(EXPECTED_GUEST_TESTS) <= ran, (
-        f"missing inner tests: {set(EXPECTED_GUEST_TESTS) - ran}"
-    )
-    not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
-    assert not not_passed, f"inner tests not passed: {not_passed}"
+    _assert_every_test_passed(rxe_guest_run, EXPECTED_GUEST_TESTS)
 
 
 @rxe
@@ -90,14 +98,8 @@ def test_two_hosts_in_network_namespaces_pass(rxe_netns_run) -> None:
     """The RDMA tests between two hosts, each in a namespace of its own, on a kernel
     whose rxe carries traffic between namespaces."""
     assert int(rxe_netns_run.kernel.split(".")[0]) >= 7, rxe_netns_run.kernel
-    assert rxe_netns_run.returncode == 0, (
-        f"inner pytest exited {rxe_netns_run.returncode}; VM console:\n"
-        + _console_tail(rxe_netns_run.output)
-    )
-    outcomes = rxe_netns_run.outcomes
-    ran = {name.rsplit("::", 1)[-1] for name in outcomes}
-    assert set(EXPECTED_NETNS_TESTS) <= ran, f"missing: {set(EXPECTED_NETNS_TESTS) - ran}"
-    assert all(outcome == "passed" for outcome in outcomes.values()), outcomes
+    _assert_exited_zero(rxe_netns_run)
+    _assert_every_test_passed(rxe_netns_run, EXPECTED_NETNS_TESTS)
 
 
 @rxe
