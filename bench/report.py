@@ -148,7 +148,8 @@ BREAKDOWN = {  # where a task's time goes: per task, median of rounds
     "reduce_spark_fetch_wait_s": "reduce task: Spark's fetch wait (handles for netspark)",
 }
 PER_ROUND = ["job_s", "map_stage_s", "reduce_stage_s", "fetch_wait_per_task_s",
-             "netspark_fetch_wait_per_task_s", *BREAKDOWN, "spilled_mib"]  # medians of rounds
+             "netspark_fetch_wait_per_task_s", *BREAKDOWN, "shuffle_share",
+             "spilled_mib"]  # medians of rounds
 
 
 def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
@@ -165,6 +166,9 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
     for c in summaries:
         for route, n in c.get("routes", {}).items():
             routes[route] = routes.get(route, 0) + n
+    stages = [s for j in jobs for s in j.stages]
+    shuffle_s = sum(sum(s.jvm_write_s) + sum(s.fetch_wait_s) for s in stages) + sum(
+        c.get("write_s", 0.0) + c.get("fetch_wait_s", 0.0) for c in summaries)
     return {"job_s": sum(j.wall_s for j in jobs),
             "map_stage_s": sum(s.wall_s for j in jobs for s in j.stages[:-1]),
             "reduce_stage_s": sum(s.wall_s for s in reduce),
@@ -175,6 +179,7 @@ def _round_figures(jobs: list[sparkrun.JobFigures]) -> dict[str, Any]:
             "reduce_netspark_read_s": (sum(c.get("read_s", 0.0) for c in summaries) / reduces
                                        if reduces else 0.0),
             "reduce_spark_fetch_wait_s": spark_wait,
+            "shuffle_share": shuffle_s / (sum(sum(s.task_s) for s in stages) or 1),
             "spilled_mib": sum(s.disk_spilled_bytes for j in jobs for s in j.stages) / 2**20}
 
 
@@ -229,6 +234,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {label} | " + " | ".join(f"{summary[m][key]:.3f} s" for m in modes) + " |"
               for key, label in BREAKDOWN.items()
               if any(summary[m][key] for m in modes)]  # JVM-only jobs have no Python part
+    lines.append("| shuffle write + fetch wait, share of all tasks' time | " + " | ".join(
+        f"{summary[m]['shuffle_share']:.1%}" for m in modes) + " |")
     lines.append("| PySpark's spills to disk, all tasks | " + " | ".join(
         f"{summary[m]['spilled_mib']:.0f} MiB" for m in modes) + " |")
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
