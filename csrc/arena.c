@@ -23,7 +23,8 @@ struct header {
 /* Layout after the struct: free bitmap (1 = free), owner pid per block,
  * leased count per slab, last-busy time per slab, state per slab. */
 /* A slab's state. GROWING: reserved by the owner, which backs and faults its
- * pages outside the lock; nobody leases from it, grows it or shrinks it. */
+ * pages outside the lock; nobody leases from it, grows it or shrinks it (an
+ * owner that dies meanwhile leaves it so: a slab of capacity lost, nothing else). */
 enum { SLAB_OFF = 0, SLAB_ON = 1, SLAB_GROWING = 2 };
 
 #define ALIGN8(x) (((x) + 7u) & ~(size_t)7u)
@@ -76,6 +77,7 @@ int ns_map(int fd, size_t len, size_t align, void **out) {
 
 int ns_unmap(void *addr, size_t len) { return munmap(addr, len) ? errno : 0; }
 int ns_pin(void *addr, size_t len) { return mlock(addr, len) ? errno : 0; }
+int ns_unpin(void *addr, size_t len) { return munlock(addr, len) ? errno : 0; }
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
@@ -88,7 +90,6 @@ int ns_populate(void *addr, size_t len) {
     for (size_t at = 0; at < len; at += 4096) p[at] = p[at];
     return 0;
 }
-int ns_unpin(void *addr, size_t len) { return munlock(addr, len) ? errno : 0; }
 
 int ns_advise_huge(void *addr, size_t len) {
     return madvise(addr, len, MADV_HUGEPAGE) ? errno : 0;
