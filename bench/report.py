@@ -234,8 +234,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {label} | " + " | ".join(f"{summary[m][key]:.3f} s" for m in modes) + " |"
               for key, label in BREAKDOWN.items()
               if any(summary[m][key] for m in modes)]  # JVM-only jobs have no Python part
-    lines.append("| shuffle write + fetch wait, share of all tasks' time | " + " | ".join(
-        f"{summary[m]['shuffle_share']:.1%}" for m in modes) + " |")
+    if not any(summary[m]["map_netspark_write_s"] for m in modes):  # JVM-only jobs: the
+        # same parts in every mode (a Python job's netspark write includes its pickling)
+        lines.append("| shuffle write + fetch wait, share of all tasks' time | " + " | ".join(
+            f"{summary[m]['shuffle_share']:.1%}" for m in modes) + " |")
     lines.append("| PySpark's spills to disk, all tasks | " + " | ".join(
         f"{summary[m]['spilled_mib']:.0f} MiB" for m in modes) + " |")
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
