@@ -35,9 +35,6 @@ MODES: dict[str, dict[str, str]] = {
     # JVM shuffles left Spark's own: the RDD path's handles then go through Spark's shuffle
     "netspark-local-nojvm": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
                              "spark.netspark.jvm": "false"},
-    # the arena grown only by the leases that run short (before 2026-12-07): an A/B mode
-    "netspark-local-nogrowahead": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
-                                   "spark.netspark.buffer.growAhead": "0"},
     "netspark-rdma": {**NETSPARK, "spark.netspark.transport": "rdma",
                       "spark.netspark.localShortCircuit": "false"},
 }

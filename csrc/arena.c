@@ -21,12 +21,7 @@ struct header {
 };
 
 /* Layout after the struct: free bitmap (1 = free), owner pid per block,
- * leased count per slab, last-busy time per slab, state per slab. */
-/* A slab's state. GROWING: reserved by the owner, which backs and faults its
- * pages outside the lock; nobody leases from it, grows it or shrinks it (an
- * owner that dies meanwhile leaves it so: a slab of capacity lost, nothing else). */
-enum { SLAB_OFF = 0, SLAB_ON = 1, SLAB_GROWING = 2 };
-
+ * leased count per slab, last-busy time per slab, active flag per slab. */
 #define ALIGN8(x) (((x) + 7u) & ~(size_t)7u)
 
 static size_t nwords(uint32_t max_blocks) { return (max_blocks + 63u) / 64u; }
@@ -79,18 +74,6 @@ int ns_unmap(void *addr, size_t len) { return munmap(addr, len) ? errno : 0; }
 int ns_pin(void *addr, size_t len) { return mlock(addr, len) ? errno : 0; }
 int ns_unpin(void *addr, size_t len) { return munlock(addr, len) ? errno : 0; }
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
-#endif
-
-int ns_populate(void *addr, size_t len) {
-    if (madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
-    /* An older kernel: write each page once (the range is nobody else's yet). */
-    volatile char *p = addr;
-    for (size_t at = 0; at < len; at += 4096) p[at] = p[at];
-    return 0;
-}
-
 int ns_advise_huge(void *addr, size_t len) {
     return madvise(addr, len, MADV_HUGEPAGE) ? errno : 0;
 }
@@ -119,7 +102,7 @@ static void rebuild(struct header *h) {
     h->active_slabs = h->free_blocks = h->leased_blocks = 0;
     for (uint32_t s = 0; s < h->nslabs; s++) {
         slab_leased(h)[s] = 0;
-        if (slab_on(h)[s] != SLAB_ON) continue;
+        if (!slab_on(h)[s]) continue;
         h->active_slabs++;
         for (uint32_t id = s * h->slab_blocks; id < (s + 1) * h->slab_blocks; id++) {
             if (owners(h)[id] < 0) owners(h)[id] = -owners(h)[id];
@@ -164,7 +147,7 @@ int ns_init(void *hdr, uint32_t block_size, uint32_t max_blocks,
     int rc = pthread_mutex_init(&h->mu, &attr);
     pthread_mutexattr_destroy(&attr);
     if (rc) return rc;
-    for (uint32_t s = 0; s < initial_slabs; s++) slab_on(h)[s] = SLAB_ON;
+    for (uint32_t s = 0; s < initial_slabs; s++) slab_on(h)[s] = 1;
     rebuild(h);
     __atomic_store_n(&h->magic, NS_MAGIC, __ATOMIC_RELEASE);
     return 0;
@@ -184,50 +167,22 @@ static int64_t find_free(struct header *h) {
     return -1;
 }
 
-static void activate(struct header *h, uint32_t s, uint64_t now_ms) {
-    slab_on(h)[s] = SLAB_ON;
-    slab_busy(h)[s] = now_ms;
-    for (uint32_t id = s * h->slab_blocks; id < (s + 1) * h->slab_blocks; id++)
-        set_free(h, id, 1);
-    h->free_blocks += h->slab_blocks;
-    h->active_slabs++;
-    h->grows++;
-}
-
-static int64_t first_off(struct header *h) {
-    for (uint32_t s = 0; s < h->nslabs; s++)
-        if (slab_on(h)[s] == SLAB_OFF) return s;
-    return -1;
-}
-
 static int grow(struct header *h, int fd, uint64_t data_offset, uint64_t now_ms) {
-    int64_t s = first_off(h);
-    if (s < 0) return EDQUOT; /* every slab is active or growing: the pool is at its cap */
-    uint64_t slab_bytes = (uint64_t)h->slab_blocks * h->block_size;
-    int err = ns_allocate(fd, data_offset + (uint64_t)s * slab_bytes, slab_bytes);
-    if (err) return err;
-    activate(h, (uint32_t)s, now_ms);
-    return 0;
-}
-
-int64_t ns_reserve_slab(void *hdr, uint32_t low_water) {
-    struct header *h = hdr;
-    if (__atomic_load_n(&h->free_blocks, __ATOMIC_RELAXED) >= low_water) return -1;
-    if (lock(h)) return -1;
-    int64_t s = h->free_blocks < low_water ? first_off(h) : -1;
-    if (s >= 0) slab_on(h)[s] = SLAB_GROWING;
-    unlock(h);
-    return s;
-}
-
-void ns_finish_slab(void *hdr, uint32_t slab, int backed, uint64_t now_ms) {
-    struct header *h = hdr;
-    if (slab >= h->nslabs || lock(h)) return;
-    if (slab_on(h)[slab] == SLAB_GROWING) {
-        if (backed) activate(h, slab, now_ms);
-        else slab_on(h)[slab] = SLAB_OFF;
+    for (uint32_t s = 0; s < h->nslabs; s++) {
+        if (slab_on(h)[s]) continue;
+        uint64_t slab_bytes = (uint64_t)h->slab_blocks * h->block_size;
+        int err = ns_allocate(fd, data_offset + s * slab_bytes, slab_bytes);
+        if (err) return err;
+        slab_on(h)[s] = 1;
+        slab_busy(h)[s] = now_ms;
+        for (uint32_t id = s * h->slab_blocks; id < (s + 1) * h->slab_blocks; id++)
+            set_free(h, id, 1);
+        h->free_blocks += h->slab_blocks;
+        h->active_slabs++;
+        h->grows++;
+        return 0;
     }
-    unlock(h);
+    return EDQUOT; /* every slab is active: the pool is at its cap */
 }
 
 int ns_lease(void *hdr, int fd, uint64_t data_offset, int32_t pid,
@@ -343,18 +298,17 @@ int ns_reclaim_dead(void *hdr, uint64_t now_ms) {
 }
 
 int ns_shrink_idle(void *hdr, int fd, uint64_t data_offset, uint64_t now_ms,
-                   uint64_t idle_ms, uint32_t min_slabs, uint32_t keep_free,
-                   uint32_t *out, uint32_t max) {
+                   uint64_t idle_ms, uint32_t min_slabs, uint32_t *out,
+                   uint32_t max) {
     struct header *h = hdr;
     int rc = lock(h);
     if (rc) return -rc;
     uint32_t done = 0;
     uint64_t slab_bytes = (uint64_t)h->slab_blocks * h->block_size;
     for (uint32_t s = h->nslabs; s-- > 0 && done < max && h->active_slabs > min_slabs;) {
-        if (slab_on(h)[s] != SLAB_ON || slab_leased(h)[s] ||
-            now_ms - slab_busy(h)[s] < idle_ms || h->free_blocks < keep_free + h->slab_blocks)
+        if (!slab_on(h)[s] || slab_leased(h)[s] || now_ms - slab_busy(h)[s] < idle_ms)
             continue;
-        slab_on(h)[s] = SLAB_OFF;
+        slab_on(h)[s] = 0;
         for (uint32_t id = s * h->slab_blocks; id < (s + 1) * h->slab_blocks; id++)
             set_free(h, id, 0);
         h->free_blocks -= h->slab_blocks;
@@ -369,7 +323,7 @@ int ns_shrink_idle(void *hdr, int fd, uint64_t data_offset, uint64_t now_ms,
 
 int ns_slab_active(void *hdr, uint32_t slab) {
     struct header *h = hdr;
-    return slab < h->nslabs && __atomic_load_n(&slab_on(h)[slab], __ATOMIC_RELAXED) == SLAB_ON;
+    return slab < h->nslabs && __atomic_load_n(&slab_on(h)[slab], __ATOMIC_RELAXED);
 }
 
 void ns_get_stats(void *hdr, ns_stats *out) {

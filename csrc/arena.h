@@ -30,8 +30,6 @@ typedef struct {
 int ns_map(int fd, size_t len, size_t align, void **out);
 int ns_unmap(void *addr, size_t len);
 int ns_pin(void *addr, size_t len);
-/* Faults in (and so allocates) every page of the range for this mapping. */
-int ns_populate(void *addr, size_t len);
 int ns_unpin(void *addr, size_t len);
 int ns_advise_huge(void *addr, size_t len);
 int ns_allocate(int fd, uint64_t offset, uint64_t len);
@@ -47,13 +45,6 @@ int ns_check(void *hdr);
  * Returns the number leased (possibly 0) or -errno. */
 int ns_lease(void *hdr, int fd, uint64_t data_offset, int32_t pid,
              uint32_t n, uint32_t *out, uint64_t now_ms);
-/* Growing ahead of need, by the owner: when fewer than low_water blocks are
- * free, reserves an inactive slab and returns it (else -1); the owner backs and
- * faults its pages outside the lock, then activates it with backed=1 (or gives
- * it back with backed=0). Leases never wait for a reserved slab: they grow
- * another one. */
-int64_t ns_reserve_slab(void *hdr, uint32_t low_water);
-void ns_finish_slab(void *hdr, uint32_t slab, int backed, uint64_t now_ms);
 /* Returns 0, or -EPERM when a block is not held by `pid` (nothing changed). */
 int ns_release(void *hdr, int32_t pid, const uint32_t *ids, uint32_t n,
                uint64_t now_ms);
@@ -61,13 +52,12 @@ int ns_transfer(void *hdr, int32_t from_pid, int32_t to_pid,
                 const uint32_t *ids, uint32_t n);
 int32_t ns_owner(void *hdr, uint32_t id);
 int ns_reclaim_dead(void *hdr, uint64_t now_ms);
-/* Retires slabs idle for idle_ms, keeping min_slabs and at least keep_free
- * free blocks, and gives their pages back to the OS (under the lock, so a
- * concurrent grow cannot be punched out). Writes their indices to out (up to
- * max) and returns how many. */
+/* Retires slabs idle for idle_ms, keeping min_slabs, and gives their pages
+ * back to the OS (under the lock, so a concurrent grow cannot be punched out).
+ * Writes their indices to out (up to max) and returns how many. */
 int ns_shrink_idle(void *hdr, int fd, uint64_t data_offset, uint64_t now_ms,
-                   uint64_t idle_ms, uint32_t min_slabs, uint32_t keep_free,
-                   uint32_t *out, uint32_t max);
+                   uint64_t idle_ms, uint32_t min_slabs, uint32_t *out,
+                   uint32_t max);
 int ns_slab_active(void *hdr, uint32_t slab);
 void ns_get_stats(void *hdr, ns_stats *out);
 

@@ -120,10 +120,6 @@ KEYS: tuple[Key, ...] = (
         "Arena pre-allocated at start (rounded up to whole slabs)."),
     Key("buffer.slabSize", "32m", parse_size,
         "The arena grows and shrinks by this much (whole blocks)."),
-    Key("buffer.growAhead", "32m", parse_size,
-        "Free arena the server keeps ready: when less is free it backs, faults in and pins "
-        "another slab on its own thread, so writers never wait for new pages (0: off; "
-        "never more than the pool)."),
     Key("buffer.idleTimeout", "30s", parse_duration,
         "A slab unused this long is given back to the OS."),
     Key("buffer.hugepages", "auto", choice("auto", "true", "false"),

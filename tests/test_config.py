@@ -26,7 +26,6 @@ def test_defaults_parse():
         ("rdma.port", "0", "outside"),
         ("buffer.idleTimeout", "soon", "duration"),
         ("buffer.poolSize", "1m", "smaller than one slab"),
-        ("buffer.growAhead", "lots", "not a size"),
         ("reducer.maxBytesInFlight", "1k", "at least one block"),
     ],
 )

@@ -6,10 +6,8 @@ Other processes attach through `/proc/<owner pid>/fd/<fd>` (given in their
 environment) or an inherited descriptor. The allocator state lives at the start
 of the file (see csrc/arena.c), so leasing a block needs no round trip to the owner.
 
-Only the owner pins (mlock is per mapping) and maintains: it grows the arena ahead
-of need (a slab backed, faulted and pinned on its own thread before writers run
-short, so a writer never pays for new pages), pins slabs that leases grew, reclaims
-blocks of dead processes and gives idle slabs back.
+Only the owner pins (mlock is per mapping) and maintains: it pins slabs as they
+become active, reclaims blocks of dead processes and gives idle slabs back.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ class ArenaStats:
     leased_blocks: int
     high_water: int
     grows: int
-    grown_ahead: int  # of the grows, those made by the owner before a lease needed them
     shrinks: int
     reclaimed: int
     page_kind: str  # hugetlb | thp | 4k
@@ -61,8 +58,7 @@ class ArenaStats:
         return (
             f"{self.total_blocks}/{self.max_blocks} blocks of {mib:g} MiB active, "
             f"{self.free_blocks} free, {self.leased_blocks} leased "
-            f"(high water {self.high_water}), grows {self.grows} ({self.grown_ahead} ahead), "
-            f"shrinks {self.shrinks}, "
+            f"(high water {self.high_water}), grows {self.grows}, shrinks {self.shrinks}, "
             f"reclaimed {self.reclaimed}, pages {self.page_kind}, "
             f"{'pinned' if self.pinned else 'not pinned'}"
         )
@@ -124,7 +120,6 @@ class Arena:
             lib.ns_header_size(self.max_blocks, self.slab_blocks), self.block_size
         )
         self.pinned = False
-        self.grown_ahead = 0
         self._pinned_slabs: set[int] = set()
         self._maintainer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -288,36 +283,11 @@ class Arena:
             )
         return False
 
-    def grow_ahead(self, free_blocks: int) -> list[int]:
-        """Backs, faults in and pins whole slabs while fewer than `free_blocks` blocks are
-        free (owner only): so the writers that lease them find their pages ready.
-        Returns the slabs grown."""
-        grown: list[int] = []
-        if not self.owner:
-            return grown
-        slab_bytes = self.slab_blocks * self.block_size
-        while (slab := lib.ns_reserve_slab(self._header, free_blocks)) >= 0:
-            offset = self.data_offset + slab * slab_bytes
-            err = lib.ns_allocate(self.fd, offset, slab_bytes)
-            if not err and not (self.pinned and self._try_pin(offset, slab_bytes)):
-                lib.ns_populate(self._base + offset, slab_bytes)  # faulted, if not pinned
-            lib.ns_finish_slab(self._header, slab, err == 0, self.now_ms())
-            if err:  # out of memory now: the leases will say so when they need it
-                log.debug("netspark arena: growing ahead failed: %s", os.strerror(err))
-                break
-            if self.pinned:
-                self._pinned_slabs.add(slab)
-            grown.append(slab)
-        self.grown_ahead += len(grown)
-        return grown
-
-    def shrink_idle(self, idle_seconds: float, min_slabs: int, keep_free: int = 0) -> int:
-        """Gives back to the OS slabs that have had no leased block for `idle_seconds`,
-        keeping `min_slabs` slabs and at least `keep_free` free blocks."""
+    def shrink_idle(self, idle_seconds: float, min_slabs: int) -> int:
+        """Gives back to the OS slabs that have had no leased block for `idle_seconds`."""
         out = ffi.new("uint32_t[]", self.max_blocks // self.slab_blocks)
         done = lib.ns_shrink_idle(self._header, self.fd, self.data_offset, self.now_ms(),
-                                  int(idle_seconds * 1000), min_slabs, keep_free, out,
-                                  len(out))
+                                  int(idle_seconds * 1000), min_slabs, out, len(out))
         slab_bytes = self.slab_blocks * self.block_size
         for slab in out[0:max(done, 0)]:
             if slab in self._pinned_slabs:
@@ -325,32 +295,19 @@ class Arena:
                 lib.ns_unpin(self._base + self.data_offset + slab * slab_bytes, slab_bytes)
         return max(done, 0)
 
-    def maintain(self, idle_seconds: float, min_slabs: int, keep_free: int = 0) -> None:
+    def maintain(self, idle_seconds: float, min_slabs: int) -> None:
         """One round of the owner's upkeep: reclaim, pin new slabs, shrink idle ones."""
         reclaimed = self.reclaim_dead()
         if reclaimed:
             log.info("netspark arena: reclaimed %d blocks of dead processes", reclaimed)
         self.pin_active_slabs()
-        self.shrink_idle(idle_seconds, min_slabs, keep_free)
+        self.shrink_idle(idle_seconds, min_slabs)
 
-    def start_maintenance(self, idle_seconds: float, min_slabs: int, *, free_ahead: int = 0,
-                          on_grow: Callable[[list[int]], None] | None = None,
-                          interval: float = 1.0, grow_interval: float = 0.02) -> None:
-        """The owner's upkeep on one thread: every `grow_interval` it grows ahead so that
-        `free_ahead` blocks stay free (telling `on_grow` which slabs it added: the RDMA
-        registrations), every `interval` the rest of `maintain`."""
+    def start_maintenance(self, idle_seconds: float, min_slabs: int,
+                          interval: float = 1.0) -> None:
         def loop() -> None:
-            next_round = time.monotonic() + interval
-            while not self._stop.wait(grow_interval if free_ahead else interval):
-                grown = self.grow_ahead(free_ahead) if free_ahead else []
-                if grown and on_grow is not None:
-                    try:
-                        on_grow(grown)
-                    except Exception as err:  # readers register on demand instead
-                        log.warning("netspark arena: after growing slabs %s: %s", grown, err)
-                if time.monotonic() >= next_round:
-                    self.maintain(idle_seconds, min_slabs, free_ahead)
-                    next_round = time.monotonic() + interval
+            while not self._stop.wait(interval):
+                self.maintain(idle_seconds, min_slabs)
 
         self._maintainer = threading.Thread(target=loop, name="netspark-arena", daemon=True)
         self._maintainer.start()
@@ -368,8 +325,8 @@ class Arena:
             block_size=raw.block_size, max_blocks=raw.max_blocks,
             total_blocks=raw.active_slabs * raw.slab_blocks, free_blocks=raw.free_blocks,
             leased_blocks=raw.leased_blocks, high_water=raw.high_water, grows=raw.grows,
-            grown_ahead=self.grown_ahead, shrinks=raw.shrinks, reclaimed=raw.reclaimed,
-            page_kind=self.page_kind, pinned=self.pinned,
+            shrinks=raw.shrinks, reclaimed=raw.reclaimed, page_kind=self.page_kind,
+            pinned=self.pinned,
         )
 
     def _unmap(self) -> None:
@@ -377,15 +334,11 @@ class Arena:
             lib.ns_unmap(self._header, self.size)
             self._header = None
 
-    def stop_maintenance(self) -> None:
+    def close(self) -> None:
+        """Unmaps the arena; views of it must no longer be used."""
         self._stop.set()
         if self._maintainer is not None:
             self._maintainer.join()
-            self._maintainer = None
-
-    def close(self) -> None:
-        """Unmaps the arena; views of it must no longer be used."""
-        self.stop_maintenance()
         self._unmap()
         if self.fd >= 0:
             os.close(self.fd)

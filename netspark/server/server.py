@@ -166,10 +166,7 @@ class ShuffleServer:
             min_slabs = self.arena.max_blocks // self.arena.slab_blocks
             log.info("netspark: RDMA on (%s): idle arena slabs are kept, not shrunk, "
                      "because their pages are registered", self.rdma.device.name)
-        self.arena.start_maintenance(
-            self.conf.buffer_idleTimeout, min_slabs,
-            free_ahead=-(-self.conf.buffer_growAhead // self.arena.block_size),
-            on_grow=self.rdma.register_active_slabs if self.rdma is not None else None)
+        self.arena.start_maintenance(self.conf.buffer_idleTimeout, min_slabs)
         if self.rdma is None:  # spilled extents are served over TCP only
             spill = threading.Thread(target=self.spiller.run, args=(self._stopped,),
                                      name="netspark-spill", daemon=True)
@@ -224,7 +221,6 @@ class ShuffleServer:
         for thread in self._threads:
             thread.join(timeout=5)
         self._peers.close()
-        self.arena.stop_maintenance()  # it may be registering a new slab with RDMA
         if self.rdma is not None:
             self.rdma.close()
         self.spiller.close()

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from netspark._native import lib
 
 from netspark.buffer_manager import (
     Arena,
@@ -102,88 +101,6 @@ def test_a_slab_with_a_leased_block_is_never_shrunk():
         arena.shrink_idle(idle_seconds=1, min_slabs=0)
         assert arena.stats().total_blocks == 4
         assert all(arena.owner_of(b) == os.getpid() for b in held[4:])
-
-
-def resident_bytes(arena: Arena) -> int:
-    """Bytes of the arena's mapping in this process that are faulted in (its Rss)."""
-    with open("/proc/self/smaps") as smaps:
-        lines = smaps.read().splitlines()
-    for at, line in enumerate(lines):
-        start = int(line.split("-", 1)[0], 16) if "-" in line.split(" ", 1)[0] else None
-        if start == arena.address:
-            rss = next(x for x in lines[at + 1:] if x.startswith("Rss:"))
-            return int(rss.split()[1]) << 10
-    raise AssertionError("the arena's mapping is not in /proc/self/smaps")
-
-
-def test_grows_ahead_so_that_leases_find_pages_ready():
-    with Arena.create(small_conf()) as arena:
-        slab = arena.slab_blocks * arena.block_size
-        first = arena.lease(3)  # 1 of the first slab's 4 blocks left free
-        assert arena.grow_ahead(free_blocks=2) == [1]
-        stats = arena.stats()
-        assert stats.free_blocks == 5 and stats.grows == 1 and stats.grown_ahead == 1
-        resident = resident_bytes(arena)
-        assert resident >= arena.data_offset + 2 * slab  # faulted in before any lease
-        assert arena.grow_ahead(free_blocks=2) == []  # enough free now
-        second = arena.lease(5)
-        assert {b // arena.slab_blocks for b in second} == {0, 1}
-        assert arena.stats().grows == 1  # no lease had to grow
-        assert arena.grow_ahead(free_blocks=2) == [2]
-        arena.release(first + second)
-
-
-def test_grows_ahead_no_further_than_the_cap():
-    with Arena.create(small_conf()) as arena:
-        held = arena.lease(60)
-        assert arena.grow_ahead(free_blocks=8) == [15]  # the last slab, then nothing
-        assert arena.stats().total_blocks == arena.max_blocks
-        assert arena.grow_ahead(free_blocks=8) == []
-        arena.release(held)
-
-
-def test_a_slab_being_grown_is_neither_leased_nor_shrunk():
-    now = [0.0]
-    with Arena.create(small_conf(), clock=lambda: now[0]) as arena:
-        held = arena.lease(4)
-        reserved = lib.ns_reserve_slab(arena._header, 1)  # what grow_ahead does first
-        assert reserved == 1
-        more = arena.lease(8)  # the lease grows other slabs rather than wait for it
-        assert all(b // arena.slab_blocks not in (0, 1) for b in more)
-        arena.release(more)
-        now[0] += 100
-        arena.shrink_idle(idle_seconds=1, min_slabs=0)
-        assert not lib.ns_slab_active(arena._header, 1)
-        lib.ns_finish_slab(arena._header, reserved, 0, 0)  # could not back it: given back
-        assert arena.stats().total_blocks == 4
-        again = arena.lease(4)
-        assert {b // arena.slab_blocks for b in again} == {1}
-        arena.release(held + again)
-
-
-def test_idle_slabs_shrink_no_further_than_the_free_ahead():
-    now = [0.0]
-    with Arena.create(small_conf(), clock=lambda: now[0]) as arena:
-        arena.release(arena.lease(40))  # 10 slabs, all free again
-        now[0] += 100
-        assert arena.shrink_idle(idle_seconds=1, min_slabs=0, keep_free=6) == 8
-        assert arena.stats().free_blocks == 8  # 6 kept, in whole slabs
-        assert arena.grow_ahead(free_blocks=6) == []  # so shrinking never undoes growing
-
-
-def test_maintenance_grows_ahead_on_its_own_thread():
-    with Arena.create(small_conf()) as arena:
-        grown: list[int] = []
-        arena.start_maintenance(30, 1, free_ahead=4, on_grow=grown.extend,
-                                grow_interval=0.01)
-        held = arena.lease(4)  # the whole first slab: none free
-        deadline = time.monotonic() + 5
-        while arena.stats().free_blocks < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert grown == [1] and arena.stats().free_blocks == 4
-        held += arena.lease(4)
-        assert arena.stats().grows == arena.stats().grown_ahead  # no lease grew
-        arena.release(held)
 
 
 def test_two_processes_write_one_arena_at_once(arena):
@@ -302,13 +219,12 @@ def test_low_memlock_limit_warns_once_and_goes_on_unpinned():
         if os.geteuid() == 0:  # root pins whatever the limit: be somebody else
             os.setgid(65534); os.setuid(65534)
         with Arena.create(small_conf()) as a, Arena.create(small_conf()) as b:
-            a.lease(4)
-            print(a.stats().pinned, b.stats().pinned, a.grow_ahead(2))  # faulted, unpinned
+            print(a.stats().pinned, b.stats().pinned)
     """
     child = run_child(code)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
-    assert out.strip() == "False False [1]"
+    assert out.strip() == "False False"
     assert err.count("cannot pin the buffer arena") == 1
     assert "RLIMIT_MEMLOCK is 64 KiB" in err and "ulimit -l" in err
 
