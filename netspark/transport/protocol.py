@@ -29,11 +29,24 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from netspark.transport.fields import (  # noqa: F401 (MAX_ENTRIES: re-exported)
+    MAX_ENTRIES,
+    BoolField,
+    Buffer,
+    Cursor,
+    EnumField,
+    FixedBytes,
+    FixedList,
+    ProtocolError,
+    UInt,
+    Utf8,
+    check_uint,
+)
+
 MAGIC = b"NSPK"
 VERSION = 2  # 2: FETCH_READ_REQ
 HEADER = struct.Struct("<4sBBHI")
 MAX_CONTROL_PAYLOAD = 1 << 20
-MAX_ENTRIES = 0xFFFF  # per list (maps, extents, block ids) in one message
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 MAX_APP_ID_BYTES = 64
@@ -44,7 +57,6 @@ RDMA_MTUS = frozenset({256, 512, 1024, 2048, 4096})
 # place or by RDMA, only by READ_REQ over TCP.
 SPILLED_BLOCK_FLAG = 0x80000000
 
-Buffer = bytes | bytearray | memoryview
 
 
 class MsgType(IntEnum):
@@ -70,14 +82,6 @@ class ErrorCode(IntEnum):
     MALFORMED = 5
     BUSY = 6
     INTERNAL = 7
-
-
-class ProtocolError(ValueError):
-    """A frame or field that violates the wire protocol; ``reason`` says how."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ConnectionClosed(EOFError):
@@ -112,178 +116,6 @@ class ExtentRef(NamedTuple):
     length: int
 
 
-def _uint(name: str, value: Any, bits: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
-        raise ProtocolError(f"{name} must be an unsigned {bits}-bit integer, got {value!r:.80}")
-
-
-class _Cursor:
-    """Bounds-checked sequential reader over one payload."""
-
-    __slots__ = ("buf", "pos", "what")
-
-    def __init__(self, payload: Buffer, what: str) -> None:
-        view = memoryview(payload)
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        self.buf = view if view.format == "B" and view.ndim == 1 else view.cast("B")
-        self.pos = 0
-        self.what = what
-
-    def need(self, n: int, field: str) -> memoryview:
-        have = len(self.buf) - self.pos
-        if n > have:
-            raise ProtocolError(
-                f"truncated {self.what} payload: {field} needs {n} bytes at offset "
-                f"{self.pos}, only {have} left"
-            )
-        self.pos += n
-        return self.buf[self.pos - n : self.pos]
-
-    def take(self, st: struct.Struct, field: str) -> tuple[Any, ...]:
-        return st.unpack(self.need(st.size, field))
-
-    def finish(self) -> None:
-        if extra := len(self.buf) - self.pos:
-            raise ProtocolError(f"{self.what} payload has {extra} unexpected trailing bytes")
-
-
-# Field kinds: each checks (and normalizes) a constructor value, packs it, and
-# unpacks it from a cursor. A message's WIRE lists (field name, kind) in field order.
-class _Int:
-    def __init__(self, code: str) -> None:
-        self.st = struct.Struct("<" + code)
-
-    def check(self, name: str, value: Any) -> Any:
-        _uint(name, value, self.st.size * 8)
-        return value
-
-    def pack(self, value: Any) -> bytes:
-        return self.st.pack(value)
-
-    def unpack(self, c: _Cursor, name: str) -> Any:
-        return c.take(self.st, name)[0]
-
-
-class _Enum(_Int):
-    def __init__(self, code: str, enum: type[IntEnum]) -> None:
-        super().__init__(code)
-        self.enum = enum
-
-    def check(self, name: str, value: Any) -> Any:
-        super().check(name, value)
-        try:
-            return self.enum(value)
-        except ValueError:
-            raise ProtocolError(f"unknown {name} {value!r:.80}") from None
-
-
-class _Bool(_Int):
-    def __init__(self) -> None:
-        super().__init__("B")
-
-    def check(self, name: str, value: Any) -> Any:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{name} must be a bool, got {value!r:.80}")
-        return value
-
-    def unpack(self, c: _Cursor, name: str) -> Any:
-        (value,) = c.take(self.st, name)
-        if value > 1:
-            raise ProtocolError(f"{c.what} {name} must be 0 or 1, got {value}")
-        return value == 1
-
-
-class _Bytes:
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def check(self, name: str, value: Any) -> Any:
-        if (
-            not isinstance(value, bytes | bytearray | memoryview)
-            or len(data := bytes(value)) != self.size
-        ):
-            raise ProtocolError(f"{name} must be exactly {self.size} bytes, got {value!r:.80}")
-        return data
-
-    def pack(self, value: Any) -> bytes:
-        return value
-
-    def unpack(self, c: _Cursor, name: str) -> Any:
-        return bytes(c.need(self.size, name))
-
-
-_LEN16 = struct.Struct("<H")
-_COUNT = struct.Struct("<I")
-
-
-class _Str:
-    def __init__(self, max_bytes: int, min_bytes: int = 0) -> None:
-        self.max_bytes, self.min_bytes = max_bytes, min_bytes
-
-    def check(self, name: str, value: Any) -> Any:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{name} must be a str, got {type(value).__name__}")
-        n = len(value.encode("utf-8"))
-        if not self.min_bytes <= n <= self.max_bytes:
-            raise ProtocolError(
-                f"{name} is {n} bytes of utf-8, must be {self.min_bytes}..{self.max_bytes}"
-            )
-        return value
-
-    def pack(self, value: Any) -> bytes:
-        data = value.encode("utf-8")
-        return _LEN16.pack(len(data)) + data
-
-    def unpack(self, c: _Cursor, name: str) -> Any:
-        (n,) = c.take(_LEN16, f"{name} length")
-        if n > self.max_bytes:
-            raise ProtocolError(f"{c.what} {name} is {n} bytes, the limit is {self.max_bytes}")
-        try:
-            return str(c.need(n, name), "utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"{c.what} {name} is not valid utf-8: {exc}") from None
-
-
-class _List:
-    """u32 count + fixed-size entries; ``entry=None`` means bare u32 values."""
-
-    def __init__(self, code: str, entry: Any, minimum: int) -> None:
-        self.st, self.entry, self.minimum = struct.Struct("<" + code), entry, minimum
-
-    def check(self, name: str, value: Any) -> Any:
-        try:
-            value = tuple(value)
-        except TypeError:
-            raise ProtocolError(f"{name} must be a sequence, got {value!r:.80}") from None
-        if not self.minimum <= len(value) <= MAX_ENTRIES:
-            raise ProtocolError(
-                f"{name} has {len(value)} entries, must be {self.minimum}..{MAX_ENTRIES}"
-            )
-        return value
-
-    def pack(self, items: Any) -> bytes:
-        try:
-            if self.entry is None:
-                body = struct.pack(f"<{len(items)}I", *items)
-            else:
-                body = b"".join([self.st.pack(*e) for e in items])
-        except (struct.error, TypeError) as exc:
-            raise ProtocolError(f"invalid list entry: {exc}") from None
-        return _COUNT.pack(len(items)) + body
-
-    def unpack(self, c: _Cursor, name: str) -> Any:
-        (count,) = c.take(_COUNT, f"{name} count")
-        if not self.minimum <= count <= MAX_ENTRIES:
-            raise ProtocolError(
-                f"{c.what} {name} count {count} out of range {self.minimum}..{MAX_ENTRIES}"
-            )
-        rows = self.st.iter_unpack(c.need(count * self.st.size, f"{count} {name}"))
-        if self.entry is None:
-            return tuple(v for (v,) in rows)
-        return tuple(map(self.entry._make, rows))
-
-
 @dataclass(frozen=True, slots=True)
 class RdmaEndpoint:
     """Queue-pair parameters for out-of-band RC setup (qpn and psn are 24-bit in IB)."""
@@ -295,15 +127,15 @@ class RdmaEndpoint:
     lid: int = 0
 
     def __post_init__(self) -> None:
-        _uint("qpn", self.qpn, 24)
-        _uint("psn", self.psn, 24)
-        object.__setattr__(self, "gid", _Bytes(16).check("gid", self.gid))
+        check_uint("qpn", self.qpn, 24)
+        check_uint("psn", self.psn, 24)
+        object.__setattr__(self, "gid", FixedBytes(16).check("gid", self.gid))
         if isinstance(self.mtu, bool) or self.mtu not in RDMA_MTUS:
             raise ProtocolError(f"mtu must be one of {sorted(RDMA_MTUS)}, got {self.mtu!r:.80}")
-        _uint("lid", self.lid, 16)
+        check_uint("lid", self.lid, 16)
 
 
-class _Endpoint(_Bool):
+class _Endpoint(BoolField):
     """Optional RdmaEndpoint: presence byte (0/1), then the fixed record if 1."""
 
     record = struct.Struct("<II16sHH")
@@ -318,13 +150,13 @@ class _Endpoint(_Bool):
             return b"\x00"
         return b"\x01" + self.record.pack(ep.qpn, ep.psn, ep.gid, ep.mtu, ep.lid)
 
-    def unpack(self, c: _Cursor, name: str) -> Any:
+    def unpack(self, c: Cursor, name: str) -> Any:
         if not super().unpack(c, f"{name} presence flag"):
             return None
         return RdmaEndpoint(*c.take(self.record, name))
 
 
-_U32, _U64, _PROOF, _ENDPOINT = _Int("I"), _Int("Q"), _Bytes(PROOF_SIZE), _Endpoint()
+_U32, _U64, _PROOF, _ENDPOINT = UInt("I"), UInt("Q"), FixedBytes(PROOF_SIZE), _Endpoint()
 
 
 _M = TypeVar("_M", bound="_Message")
@@ -354,7 +186,7 @@ class _Message:
     @classmethod
     def decode(cls: type[_M], payload: Buffer) -> _M:
         """Decode this message's payload (the bytes after the frame header)."""
-        c = _Cursor(payload, cls.TYPE.name)
+        c = Cursor(payload, cls.TYPE.name)
         values = [kind.unpack(c, name) for name, kind in cls.WIRE]
         c.finish()
         return cls(*values)
@@ -364,9 +196,9 @@ class _Message:
 class Hello(_Message):
     TYPE: ClassVar[MsgType] = MsgType.HELLO
     WIRE = (
-        ("app_id", _Str(MAX_APP_ID_BYTES, 1)),
-        ("client_nonce", _Bytes(NONCE_SIZE)),
-        ("want_rdma", _Bool()),
+        ("app_id", Utf8(MAX_APP_ID_BYTES, 1)),
+        ("client_nonce", FixedBytes(NONCE_SIZE)),
+        ("want_rdma", BoolField()),
         ("rdma", _ENDPOINT),
     )
     app_id: str
@@ -382,7 +214,7 @@ class Hello(_Message):
 @dataclass(frozen=True, slots=True)
 class Challenge(_Message):
     TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
-    WIRE = (("server_nonce", _Bytes(NONCE_SIZE)), ("server_proof", _PROOF))
+    WIRE = (("server_nonce", FixedBytes(NONCE_SIZE)), ("server_proof", _PROOF))
     server_nonce: bytes
     server_proof: bytes
 
@@ -410,7 +242,7 @@ class FetchReq(_Message):
         ("request_id", _U64),
         ("shuffle_id", _U32),
         ("reduce_id", _U32),
-        ("maps", _List("II", MapAttempt, 1)),
+        ("maps", FixedList("II", MapAttempt, 1)),
     )
     request_id: int
     shuffle_id: int
@@ -437,7 +269,7 @@ class Advertise(_Message):
     """Answer to a FETCH_REQ: the committed extents (two-sided address exchange)."""
 
     TYPE: ClassVar[MsgType] = MsgType.ADVERTISE
-    WIRE = (("request_id", _U64), ("extents", _List("IIIIIQI", Extent, 0)))
+    WIRE = (("request_id", _U64), ("extents", FixedList("IIIIIQI", Extent, 0)))
     request_id: int
     extents: tuple[Extent, ...] = ()
 
@@ -447,7 +279,8 @@ class ReadReq(_Message):
     """Stream these extents back as DATA frames (TCP); each is checked by the server."""
 
     TYPE: ClassVar[MsgType] = MsgType.READ_REQ
-    WIRE = (("request_id", _U64), ("shuffle_id", _U32), ("extents", _List("IIII", ExtentRef, 1)))
+    WIRE = (("request_id", _U64), ("shuffle_id", _U32),
+            ("extents", FixedList("IIII", ExtentRef, 1)))
     request_id: int
     shuffle_id: int
     extents: tuple[ExtentRef, ...]
@@ -473,7 +306,7 @@ class Ack(_Message):
     """The reader is done with these blocks; the server may free transient ones."""
 
     TYPE: ClassVar[MsgType] = MsgType.ACK
-    WIRE = (("request_id", _U64), ("block_ids", _List("I", None, 1)))
+    WIRE = (("request_id", _U64), ("block_ids", FixedList("I", None, 1)))
     request_id: int
     block_ids: tuple[int, ...]
 
@@ -485,8 +318,8 @@ class ErrorMsg(_Message):
     TYPE: ClassVar[MsgType] = MsgType.ERROR
     WIRE = (
         ("request_id", _U64),
-        ("code", _Enum("H", ErrorCode)),
-        ("message", _Str(MAX_ERROR_MESSAGE_BYTES)),
+        ("code", EnumField("H", ErrorCode)),
+        ("message", Utf8(MAX_ERROR_MESSAGE_BYTES)),
     )
     request_id: int
     code: ErrorCode
