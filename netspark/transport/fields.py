@@ -59,6 +59,8 @@ class Cursor:
 
 
 class UInt:
+    """An unsigned little-endian integer of one `struct` code ("B", "H", "I", "Q")."""
+
     def __init__(self, code: str) -> None:
         self.st = struct.Struct("<" + code)
 
@@ -74,6 +76,8 @@ class UInt:
 
 
 class EnumField(UInt):
+    """An integer that must be a member of `enum`; decoded as that member."""
+
     def __init__(self, code: str, enum: type[IntEnum]) -> None:
         super().__init__(code)
         self.enum = enum
@@ -87,6 +91,8 @@ class EnumField(UInt):
 
 
 class BoolField(UInt):
+    """One byte, 0 or 1 and nothing else (so a payload has one encoding)."""
+
     def __init__(self) -> None:
         super().__init__("B")
 
@@ -103,6 +109,8 @@ class BoolField(UInt):
 
 
 class FixedBytes:
+    """Exactly `size` raw bytes (nonces, proofs, GIDs)."""
+
     def __init__(self, size: int) -> None:
         self.size = size
 
@@ -126,6 +134,8 @@ _COUNT = struct.Struct("<I")
 
 
 class Utf8:
+    """u16 length + utf-8, at most `max_bytes` (checked before the bytes are read)."""
+
     def __init__(self, max_bytes: int, min_bytes: int = 0) -> None:
         self.max_bytes, self.min_bytes = max_bytes, min_bytes
 
