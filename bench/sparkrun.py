@@ -35,6 +35,9 @@ MODES: dict[str, dict[str, str]] = {
     # JVM shuffles left Spark's own: the RDD path's handles then go through Spark's shuffle
     "netspark-local-nojvm": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
                              "spark.netspark.jvm": "false"},
+    # the reduce side's gc.freeze of what it has read turned off (netspark/spark/collector.py)
+    "netspark-local-nofreeze": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
+                                "spark.netspark.reader.freezeGc": "false"},
     "netspark-rdma": {**NETSPARK, "spark.netspark.transport": "rdma",
                       "spark.netspark.localShortCircuit": "false"},
 }

@@ -131,6 +131,12 @@ KEYS: tuple[Key, ...] = (
         "How long a writer waits for a free block before PoolExhausted."),
     Key("reducer.maxBytesInFlight", "48m", parse_size,
         "Cap on fetched-but-unread bytes per reduce task."),
+    Key("reader.freezeGc", "true", parse_bool,
+        "While a reduce task reads a shuffle, leave the records it has read out of Python's "
+        "cyclic garbage collections (gc.freeze after each batch, gc.unfreeze when the read "
+        "ends), so that a task keeping them (groupByKey, joins) does not have them walked "
+        "again at every full collection. Reference counting frees them as usual; only "
+        "cyclic garbage alive at a freeze waits for the end of the read."),
     Key("checksum", "crc32c", choice("crc32c", "none"),
         "Checksum of every extent, verified before any record of it is read."),
     Key("rdma.device", "", text,

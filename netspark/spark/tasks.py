@@ -19,10 +19,12 @@ from itertools import islice, zip_longest
 from typing import Any
 
 from pyspark.core.rdd import portable_hash
+from pyspark.taskcontext import TaskContext
 
 from netspark.config import NetsparkConf
 from netspark.serde import ChecksumError, CorruptBatch
 from netspark.server.worker import ExecutorLink, read_partition_batches
+from netspark.spark.collector import frozen_between_batches
 from netspark.spark.coordinator import report_unreachable
 from netspark.spark.handles import BadHandle, Handle
 from netspark.transport.fetch import FetchFailed, FetchRequest
@@ -148,17 +150,19 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         batches = read_partition_batches(fetcher, requests,
                                          checksum=link.conf.checksum == "crc32c")
         reading = 0.0  # in netspark's hands: waiting for data, checking, unpickling
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(batches, None)
-            except (FetchFailed, ChecksumError, CorruptBatch) as err:
-                _raise_read_failure(link, err, fetcher.reading, spark_reruns)
-                raise
-            reading += time.perf_counter() - start
-            if batch is None:
-                break
-            yield from batch
+        with frozen_between_batches(link.conf.reader_freezeGc, _task_attempt()) as freeze:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(batches, None)
+                except (FetchFailed, ChecksumError, CorruptBatch) as err:
+                    _raise_read_failure(link, err, fetcher.reading, spark_reruns)
+                    raise
+                if batch is None:
+                    break
+                freeze()  # the records read so far: out of the collector's walks
+                reading += time.perf_counter() - start
+                yield from batch
         report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": fetcher.routes(),
                 "read_s": reading,
                 "fetched_bytes": fetcher.landed_bytes})
@@ -167,6 +171,11 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
         if fetcher.wait_seconds > 1:
             print(f"netspark: partition {split} of shuffle {shuffle} waited "
                   f"{fetcher.wait_seconds:.1f} s for data", file=sys.stderr)
+
+
+def _task_attempt() -> int | None:
+    context = TaskContext.get()
+    return context.taskAttemptId() if context is not None else None
 
 
 FIRST_REQUEST_BYTES = 1 << 20  # the reader starts on this much while the rest comes

@@ -232,3 +232,15 @@ def values_larger_than_a_block(sc):
 def numpy_arrays(sc):
     rdd = sc.parallelize(range(200), 4).map(lambda i: (i % 5, np.arange(i, dtype=np.float32)))
     return norm((k, sorted(float(a.sum()) for a in vs)) for k, vs in rdd.groupByKey().collect())
+
+
+@op
+def nothing_left_frozen_in_reused_workers(sc):
+    """netspark freezes what a reduce task reads (netspark/spark/collector.py): reused
+    workers must find nothing frozen afterwards, after whole reads and a read given up."""
+    rdd = pairs(sc, parts=4)
+    counted = rdd.groupByKey(4).count()
+    first = rdd.partitionBy(4).take(1)  # stops reading partition 0 after one record
+    frozen = sc.parallelize(range(8), 8).map(
+        lambda _: __import__("gc").get_freeze_count()).collect()
+    return counted, len(first), frozen

@@ -1,0 +1,137 @@
+"""The reduce side's freeze of what it has read (netspark/spark/collector.py)."""
+
+import gc
+import weakref
+
+import pytest
+
+from netspark.spark.collector import frozen_between_batches
+
+
+@pytest.fixture(autouse=True)
+def nothing_frozen():
+    gc.unfreeze()
+    yield
+    assert gc.get_freeze_count() == 0, "a test left objects frozen"
+
+
+def read(batches, enabled=True):
+    """Yields the records of `batches` as read_reduce_partition does."""
+    with frozen_between_batches(enabled) as freeze:
+        for batch in batches:
+            freeze()
+            yield from batch
+
+
+def batches_of_lists(count=3):
+    return [[(key, [key]) for key in range(i * 100, i * 100 + 100)] for i in range(count)]
+
+
+def test_records_read_are_frozen_until_the_read_ends():
+    records = read(batches_of_lists())
+    first = next(records)
+    assert gc.get_freeze_count() > 0
+    assert gc.is_tracked(first[1])  # frozen, not untracked: unfreeze gives them back
+    assert sum(1 for _ in records) == 299
+    assert gc.get_freeze_count() == 0
+
+
+def test_disabled_freezes_nothing():
+    records = read(batches_of_lists(), enabled=False)
+    next(records)
+    assert gc.get_freeze_count() == 0
+    assert len(list(records)) == 299
+
+
+def test_a_read_given_up_half_way_unfreezes():
+    records = read(batches_of_lists())
+    next(records)
+    records.close()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_read_that_fails_unfreezes():
+    def failing():
+        yield [1, 2]
+        raise OSError("peer gone")
+
+    records = read(failing())
+    assert next(records) == 1
+    with pytest.raises(OSError, match="peer gone"):
+        list(records)
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_last_of_two_interleaved_reads_unfreezes():
+    one, two = read(batches_of_lists()), read(batches_of_lists())
+    next(one), next(two)
+    list(one)
+    assert gc.get_freeze_count() > 0  # the other read still goes on
+    list(two)
+    assert gc.get_freeze_count() == 0
+
+
+def test_someone_else_s_freeze_is_left_alone():
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        assert len(list(read(batches_of_lists()))) == 300
+        assert gc.get_freeze_count() >= frozen  # not unfrozen by the read
+    finally:
+        gc.unfreeze()
+
+
+class Node:
+    def __init__(self):
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_cyclic_garbage_alive_at_a_freeze_is_freed_once_the_read_ends():
+    node = Node()
+    alive = weakref.ref(node)
+    records = read(batches_of_lists())
+    next(records)  # node was alive at the first freeze
+    del node
+    gc.collect()
+    assert alive() is not None  # frozen: the collector does not look at it
+    list(records)
+    gc.collect()
+    assert alive() is None
+
+
+def test_cyclic_garbage_made_after_the_last_freeze_is_collected_during_the_read():
+    records = read(batches_of_lists(1))
+    next(records)
+    node = Node()
+    alive = weakref.ref(node)
+    del node
+    gc.collect()
+    assert alive() is None
+    list(records)
+
+
+def test_a_read_that_never_ended_is_unfrozen_when_the_next_task_reads():
+    stale = frozen_between_batches(task=1)  # a read of task 1 that never ends
+    stale.__enter__()()
+    records = read_in(task=2)
+    next(records)
+    list(records)
+    assert gc.get_freeze_count() == 0  # task 1's freeze ended with task 2's read
+
+
+def test_a_stale_read_ending_late_leaves_the_current_task_s_freeze():
+    stale = frozen_between_batches(task=1)
+    stale.__enter__()()
+    records = read_in(task=2)
+    next(records)
+    stale.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0  # task 2 still reads
+    list(records)
+    assert gc.get_freeze_count() == 0
+
+
+def read_in(task):
+    with frozen_between_batches(task=task) as freeze:
+        for batch in batches_of_lists():
+            freeze()
+            yield from batch
