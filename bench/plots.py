@@ -3,6 +3,7 @@
 - tasks: reduce-stage task completion times per mode, as box plots (Figs. 3 and 5);
 - fetch wait: the mean time a reduce task waited for shuffle data (Fig. 4);
 - stages: map stage, reduce stage and whole job per mode, side by side;
+- reduce task: where a mean reduce task's time goes, per mode;
 - iterations: PageRank's per-iteration times per mode (Fig. 6), when there are several.
 """
 
@@ -51,6 +52,8 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize="small")
     paths.append(_save(fig, out, "stages"))
 
+    paths.append(_reduce_task_parts(summary, modes, out))
+
     if result.get("iterations", True) and len(summary["spark"]["iteration_s"]) > 1:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in modes:
@@ -64,6 +67,36 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize="small")
         paths.append(_save(fig, out, "iterations"))
     return paths
+
+
+def _reduce_task_parts(summary: dict[str, Any], modes: list[str], out: Path) -> Path:
+    """A mean reduce task, split into its wait for data, netspark's checks and unpickling,
+    and the rest. Spark's own reading and unpickling are not measured apart from the task:
+    in its bar they are part of the rest."""
+    parts: dict[str, list[float]] = {
+        "waiting for shuffle data (Spark's fetch; netspark's fetch)": [],
+        "netspark read besides the wait: crc32c, unpickling": [],
+        "the rest: the job's function, PySpark and the JVM (for spark: its read too)": [],
+    }
+    for m in modes:
+        tasks = summary[m]["reduce_tasks"]
+        whole = sum(tasks) / len(tasks) if tasks else 0.0
+        wait = summary[m]["fetch_wait_per_task_s"]
+        read = max(0.0, summary[m]["reduce_netspark_read_s"]
+                   - summary[m]["netspark_fetch_wait_per_task_s"])
+        for values, value in zip(parts.values(), (wait, read, max(0.0, whole - wait - read)),
+                                 strict=True):
+            values.append(value * 1e3)
+    fig, ax = plt.subplots(figsize=(1.6 * len(modes) + 4, 4))
+    left = [0.0] * len(modes)
+    for label, values in parts.items():
+        ax.barh(modes, values, left=left, label=label)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per reduce task (means)")
+    ax.set_title("where a reduce task's time goes")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    return _save(fig, out, "reduce-task")
 
 
 def _save(fig: Any, out: Path, what: str) -> Path:
