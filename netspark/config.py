@@ -136,7 +136,9 @@ KEYS: tuple[Key, ...] = (
         "cyclic garbage collections (gc.freeze after each batch, gc.unfreeze when the read "
         "ends), so that a task keeping them (groupByKey, joins) does not have them walked "
         "again at every full collection. Reference counting frees them as usual; only "
-        "cyclic garbage alive at a freeze waits for the end of the read."),
+        "cyclic garbage alive at a freeze waits for the end of the read. The end of a read "
+        "unfreezes everything, so an application that calls gc.freeze in its workers "
+        "itself should set this false."),
     Key("checksum", "crc32c", choice("crc32c", "none"),
         "Checksum of every extent, verified before any record of it is read."),
     Key("rdma.device", "", text,

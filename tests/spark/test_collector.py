@@ -71,16 +71,6 @@ def test_the_last_of_two_interleaved_reads_unfreezes():
     assert gc.get_freeze_count() == 0
 
 
-def test_someone_else_s_freeze_is_left_alone():
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    try:
-        assert len(list(read(batches_of_lists()))) == 300
-        assert gc.get_freeze_count() >= frozen  # not unfrozen by the read
-    finally:
-        gc.unfreeze()
-
-
 class Node:
     def __init__(self):
         self.me = self  # a reference cycle: only the cyclic collector frees it
