@@ -90,7 +90,7 @@ def replay(arena: Arena, extents, freeze: bool) -> tuple[float, float]:
     def records():
         with frozen_between_batches(freeze) as after_batch:
             for batch in read_batches(stream):
-                after_batch()
+                after_batch(len(batch))
                 yield from batch
 
     groups = groupby_merge(records())

@@ -160,7 +160,7 @@ def read_reduce_partition(shuffle: int, split: int, handles: Iterable[bytes],
                     raise
                 if batch is None:
                     break
-                freeze()  # the records read so far: out of the collector's walks
+                freeze(len(batch))  # the records read so far: out of the collector's walks
                 reading += time.perf_counter() - start
                 yield from batch
         report({"reduces": 1, "fetch_wait_s": fetcher.wait_seconds, "routes": fetcher.routes(),

@@ -3,7 +3,9 @@ comparable results. Run with netspark off and on, they must return the same."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -236,11 +238,11 @@ def numpy_arrays(sc):
 
 @op
 def nothing_left_frozen_in_reused_workers(sc):
-    """netspark freezes what a reduce task reads (netspark/spark/collector.py): reused
-    workers must find nothing frozen afterwards, after whole reads and a read given up."""
-    rdd = pairs(sc, parts=4)
-    counted = rdd.groupByKey(4).count()
-    first = rdd.partitionBy(4).take(1)  # stops reading partition 0 after one record
-    frozen = sc.parallelize(range(8), 8).map(
-        lambda _: __import__("gc").get_freeze_count()).collect()
-    return counted, len(first), frozen
+    """netspark freezes what a large read has read (netspark/spark/collector.py): reused
+    workers must find nothing frozen afterwards, after whole reads and reads given up."""
+    rdd = pairs(sc, n=200_000, parts=4)  # 100,000 records a reduce partition: they freeze
+    counted = rdd.partitionBy(2).count()
+    taken = rdd.partitionBy(2).mapPartitions(
+        lambda it: [len(list(itertools.islice(it, 60_000)))]).collect()
+    frozen = sc.parallelize(range(8), 8).map(lambda _: gc.get_freeze_count()).collect()
+    return counted, taken, frozen

@@ -15,11 +15,11 @@ def nothing_frozen():
     assert gc.get_freeze_count() == 0, "a test left objects frozen"
 
 
-def read(batches, enabled=True):
+def read(batches, enabled=True, from_records=1):
     """Yields the records of `batches` as read_reduce_partition does."""
-    with frozen_between_batches(enabled) as freeze:
+    with frozen_between_batches(enabled, from_records=from_records) as freeze:
         for batch in batches:
-            freeze()
+            freeze(len(batch))
             yield from batch
 
 
@@ -41,6 +41,26 @@ def test_disabled_freezes_nothing():
     next(records)
     assert gc.get_freeze_count() == 0
     assert len(list(records)) == 299
+
+
+def test_a_read_freezes_only_once_it_has_taken_enough_records():
+    records = read(batches_of_lists(3), from_records=150)
+    next(records)
+    assert gc.get_freeze_count() == 0  # 100 records taken
+    for _ in range(100):
+        next(records)
+    assert gc.get_freeze_count() > 0  # 200
+    list(records)
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_small_read_leaves_the_application_s_own_freeze_alone():
+    gc.freeze()
+    try:
+        assert len(list(read(batches_of_lists(), from_records=1000))) == 300
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_a_read_given_up_half_way_unfreezes():
@@ -101,8 +121,8 @@ def test_cyclic_garbage_made_after_the_last_freeze_is_collected_during_the_read(
 
 
 def test_a_read_that_never_ended_is_unfrozen_when_the_next_task_reads():
-    stale = frozen_between_batches(task=1)  # a read of task 1 that never ends
-    stale.__enter__()()
+    stale = frozen_between_batches(task=1, from_records=1)  # a read of task 1 that never ends
+    stale.__enter__()(1)
     records = read_in(task=2)
     next(records)
     list(records)
@@ -110,8 +130,8 @@ def test_a_read_that_never_ended_is_unfrozen_when_the_next_task_reads():
 
 
 def test_a_stale_read_ending_late_leaves_the_current_task_s_freeze():
-    stale = frozen_between_batches(task=1)
-    stale.__enter__()()
+    stale = frozen_between_batches(task=1, from_records=1)
+    stale.__enter__()(1)
     records = read_in(task=2)
     next(records)
     stale.__exit__(None, None, None)
@@ -121,7 +141,7 @@ def test_a_stale_read_ending_late_leaves_the_current_task_s_freeze():
 
 
 def read_in(task):
-    with frozen_between_batches(task=task) as freeze:
+    with frozen_between_batches(task=task, from_records=1) as freeze:
         for batch in batches_of_lists():
-            freeze()
+            freeze(len(batch))
             yield from batch
