@@ -40,7 +40,8 @@ lint: $(READY)
 # GroupBy and PageRank against Spark's own shuffle; results and plots in docs/results/.
 bench: $(READY)
 	$(PY) bench/groupby.py --preset small --rounds 3 --warmup --out docs/results/groupby-small
-	$(PY) bench/groupby.py --preset large --rounds 2 --out docs/results/groupby-large
+	$(PY) bench/groupby.py --preset large --rounds 3 \
+		--modes spark,netspark-local,netspark-tcp,netspark-local-nofreeze --out docs/results/groupby-large
 	$(PY) bench/pagerank.py --scale 17 --edge-factor 8 --partitions 16 --rounds 2 \
 		--out docs/results/pagerank
 
