@@ -133,12 +133,12 @@ KEYS: tuple[Key, ...] = (
         "Cap on fetched-but-unread bytes per reduce task."),
     Key("reader.freezeGc", "true", parse_bool,
         "While a reduce task reads a shuffle, leave the records it has read out of Python's "
-        "cyclic garbage collections (gc.freeze after each batch, gc.unfreeze when the read "
-        "ends), so that a task keeping them (groupByKey, joins) does not have them walked "
-        "again at every full collection. Reference counting frees them as usual; only "
-        "cyclic garbage alive at a freeze waits for the end of the read. The end of a read "
-        "unfreezes everything, so an application that calls gc.freeze in its workers "
-        "itself should set this false."),
+        "cyclic garbage collections (gc.freeze after each batch once a read has taken "
+        "50,000 records, gc.unfreeze when the read ends), so that a task keeping them "
+        "(groupByKey, joins) does not have them walked again at every full collection. "
+        "Reference counting frees them as usual; only cyclic garbage alive at a freeze "
+        "waits for the end of the read. The end of a read unfreezes everything, so an "
+        "application that calls gc.freeze in its workers itself should set this false."),
     Key("checksum", "crc32c", choice("crc32c", "none"),
         "Checksum of every extent, verified before any record of it is read."),
     Key("rdma.device", "", text,

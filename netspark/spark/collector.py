@@ -20,9 +20,8 @@ from contextlib import contextmanager
 
 FREEZE_FROM_RECORDS = 50_000
 """A read starts freezing once it has read this many records. A small read's records cost
-the collector little, while a freeze costs a small task more than it saves: the end of a
-freeze puts the whole heap back in the collector's oldest generation, and two side by side
-runs of bench/latency.py had small jobs' medians 7-9% slower freezing every read."""
+the collector little, and freezing every read made small jobs' medians 7-9% slower in two
+side-by-side runs of bench/latency.py (docs/benchmarks.md, "The freeze")."""
 
 _reads = 0  # reads in progress: all of one task, as a worker runs one at a time
 _task: object = None  # that task
