@@ -15,9 +15,9 @@ def nothing_frozen():
     assert gc.get_freeze_count() == 0, "a test left objects frozen"
 
 
-def read(batches, enabled=True, from_records=1):
+def read(batches, enabled=True, from_records=1, task=None):
     """Yields the records of `batches` as read_reduce_partition does."""
-    with frozen_between_batches(enabled, from_records=from_records) as freeze:
+    with frozen_between_batches(enabled, task, from_records) as freeze:
         for batch in batches:
             freeze(len(batch))
             yield from batch
@@ -123,7 +123,7 @@ def test_cyclic_garbage_made_after_the_last_freeze_is_collected_during_the_read(
 def test_a_read_that_never_ended_is_unfrozen_when_the_next_task_reads():
     stale = frozen_between_batches(task=1, from_records=1)  # a read of task 1 that never ends
     stale.__enter__()(1)
-    records = read_in(task=2)
+    records = read(batches_of_lists(), task=2)
     next(records)
     list(records)
     assert gc.get_freeze_count() == 0  # task 1's freeze ended with task 2's read
@@ -132,16 +132,10 @@ def test_a_read_that_never_ended_is_unfrozen_when_the_next_task_reads():
 def test_a_stale_read_ending_late_leaves_the_current_task_s_freeze():
     stale = frozen_between_batches(task=1, from_records=1)
     stale.__enter__()(1)
-    records = read_in(task=2)
+    records = read(batches_of_lists(), task=2)
     next(records)
     stale.__exit__(None, None, None)
     assert gc.get_freeze_count() > 0  # task 2 still reads
     list(records)
     assert gc.get_freeze_count() == 0
 
-
-def read_in(task):
-    with frozen_between_batches(task=task, from_records=1) as freeze:
-        for batch in batches_of_lists():
-            freeze(len(batch))
-            yield from batch
