@@ -27,12 +27,13 @@ def processes(pattern: str) -> list[int]:
     return [int(pid) for pid in out.split() if int(pid) != os.getpid()]
 
 
-def command_line(pid: int) -> str:
+def command_line(pid: int) -> str | None:
+    """What `pid` runs, or None once it has ended (pgrep found it a moment ago)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             return f"{pid}: " + cmdline.read().replace(b"\0", b" ").decode()[:300]
     except OSError:
-        return f"{pid}: (gone)"
+        return None
 
 
 KEYS = 120  # each reduce task sleeps per key: a reduce stage of ~15 s to strike in
@@ -201,8 +202,13 @@ def test_nothing_is_left_behind(ending):
 
 
 def wait_until_gone(find, seconds: float) -> list[str]:
-    """The command lines of what `find` still finds after up to `seconds`."""
+    """The command lines of what `find` still finds running after up to `seconds`.
+
+    A process that ends between pgrep and the read of its command line has ended (CI once
+    failed on such a one, listed as gone)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and find():
+    while True:
+        running = [line for pid in find() if (line := command_line(pid)) is not None]
+        if not running or time.monotonic() >= deadline:
+            return running
         time.sleep(0.5)
-    return [command_line(pid) for pid in find()]
