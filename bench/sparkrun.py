@@ -38,6 +38,13 @@ MODES: dict[str, dict[str, str]] = {
     # the reduce side's gc.freeze of what it has read turned off (netspark/spark/collector.py)
     "netspark-local-nofreeze": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
                                 "spark.netspark.reader.freezeGc": "false"},
+    # Python workers left to delay their acknowledgements (netspark/spark/quickack.py)
+    "netspark-local-delayedack": {**NETSPARK, "spark.netspark.localShortCircuit": "true",
+                                  "spark.netspark.worker.quickAck": "false"},
+    # Spark's own shuffle, its Python workers reached over Unix sockets (no TCP, so no
+    # delayed acknowledgements either): Spark's own setting, off by default
+    "spark-unixsockets": {"spark.netspark.enabled": "false",
+                          "spark.python.unix.domain.socket.enabled": "true"},
     "netspark-rdma": {**NETSPARK, "spark.netspark.transport": "rdma",
                       "spark.netspark.localShortCircuit": "false"},
 }
@@ -101,7 +108,7 @@ def spark_context(mode: str, master: str, settings: dict[str, str]) -> Iterator[
     sc.setLogLevel("ERROR")
     try:
         active = getattr(sc, "_netspark", None) is not None
-        if active != (mode != "spark"):
+        if active != mode.startswith("netspark"):
             raise RuntimeError(f"mode {mode}: netspark is {'on' if active else 'off'}")
         yield sc
     finally:

@@ -139,6 +139,12 @@ KEYS: tuple[Key, ...] = (
         "Reference counting frees them as usual; only cyclic garbage alive at a freeze "
         "waits for the end of the read. The end of a read unfreezes everything, so an "
         "application that calls gc.freeze in its workers itself should set this false."),
+    Key("worker.quickAck", "true", parse_bool,
+        "Python workers acknowledge what the executor's JVM sends them at once "
+        "(TCP_QUICKACK as each task starts): PySpark's JVM-to-worker socket is TCP without "
+        "TCP_NODELAY, so a task's input otherwise waits up to 40 ms for the worker's "
+        "delayed acknowledgement, a third of a small task. Linux only; no effect with "
+        "spark.python.unix.domain.socket.enabled=true."),
     Key("checksum", "crc32c", choice("crc32c", "none"),
         "Checksum of every extent, verified before any record of it is read."),
     Key("rdma.device", "", text,

@@ -8,19 +8,28 @@ JVM reads the daemon's port there) and start no thread before PySpark forks.
 Whatever goes wrong with the server, the daemon still runs PySpark's loop; the
 workers then report the server's error when a netspark shuffle needs it. Before
 the workers fork, PySpark's spill measure is pointed at their private memory
-(`netspark.spark.memory`): the shared arena pages they touch are not theirs.
+(`netspark.spark.memory`): the shared arena pages they touch are not theirs; and
+the workers are made to acknowledge their tasks' input at once
+(`netspark.spark.quickack`), which spares every Python task a 40 ms wait.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
+from netspark.config import NetsparkConf
+
 
 def main() -> None:
-    from netspark.spark import launch, memory
+    from pyspark import daemon
+
+    from netspark.spark import launch, memory, quickack
 
     memory.install()  # before the workers fork: they inherit it
+    if _conf().worker_quickAck:
+        quickack.install(daemon)
     server, path = None, None
     try:
         executor = os.getppid()  # PySpark's daemon is a child of its executor's JVM
@@ -29,8 +38,6 @@ def main() -> None:
     except Exception as err:
         os.environ["NETSPARK_SERVER_ERROR"] = str(err) or type(err).__name__
         print(f"netspark: no server on this executor: {err}", file=sys.stderr)
-    from pyspark import daemon
-
     try:
         daemon.manager()
     finally:
@@ -38,6 +45,11 @@ def main() -> None:
             if server.poll() is None:
                 server.terminate()
             launch.remove_if_unserved(path)  # a killed server leaves its socket file
+
+
+def _conf() -> NetsparkConf:
+    """The application's settings, checked on the driver before they were passed on."""
+    return NetsparkConf.from_spark(json.loads(os.environ.get("NETSPARK_CONF", "{}")))
 
 
 if __name__ == "__main__":
