@@ -47,7 +47,8 @@ bench: $(READY)
 
 # Small interactive jobs: p50/p99 per job, one host and two namespace hosts (needs root).
 bench-latency: $(READY)
-	$(PY) bench/latency.py --jobs 30 --rounds 3 --warmup --modes spark,netspark-tcp,netspark-local \
+	$(PY) bench/latency.py --jobs 15 --rounds 4 --warmup \
+		--modes spark,netspark-local,netspark-tcp,netspark-local-delayedack,spark-unixsockets \
 		--out docs/results/latency
 	$(PY) bench/latency.py --jobs 30 --rounds 2 --warmup --modes spark,netspark-tcp,netspark-local \
 		--hosts 2 --link-rate 10gbit --out docs/results/hosts2/latency

@@ -126,7 +126,7 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
         positions = [i * 3 + offset for i in range(len(modes))]
         left.boxplot([[t * 1000 for t in s] for s in series], positions=positions,
                      whis=(1, 99), widths=0.8)
-    left.set_xticks([i * 3 + 0.5 for i in range(len(modes))], modes)
+    left.set_xticks([i * 3 + 0.5 for i in range(len(modes))], modes, rotation=20, ha="right")
     left.set_ylabel("job wall time (ms); whiskers p1-p99")
     left.set_title(f"left box: {KINDS[0]}, right box: {KINDS[1]}")
     parts = {m: reduce_task_parts(result["runs"][m]) for m in modes}
@@ -137,6 +137,8 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     rest = [parts[m]["task_s"] * 1000 - b for m, b in zip(modes, bottom, strict=True)]
     right.bar(modes, rest, bottom=bottom, label="the rest: the task's own work, PySpark, JVM")
+    right.set_xticks(range(len(modes)), modes, rotation=20, ha="right")
+    right.set_ylim(top=1.6 * max(parts[m]["task_s"] * 1000 for m in modes))  # room: legend
     right.set_ylabel("mean per reduce task (ms)")
     right.set_title("where a small reduce task's time goes")
     right.legend(fontsize="small")
