@@ -41,8 +41,9 @@ lint: $(READY)
 bench: $(READY)
 	$(PY) bench/groupby.py --preset small --rounds 3 --warmup --out docs/results/groupby-small
 	$(PY) bench/groupby.py --preset large --rounds 3 \
-		--modes spark,netspark-local,netspark-tcp,netspark-local-nofreeze --out docs/results/groupby-large
+		--modes spark,netspark-local,netspark-tcp,spark-unixsockets --out docs/results/groupby-large
 	$(PY) bench/pagerank.py --scale 17 --edge-factor 8 --partitions 16 --rounds 2 \
+		--modes spark,netspark-local,netspark-tcp,netspark-local-delayedack,spark-unixsockets \
 		--out docs/results/pagerank
 
 # Small interactive jobs: p50/p99 per job, one host and two namespace hosts (needs root).

@@ -27,11 +27,15 @@ _TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 def acknowledge_at_once(sock: socket.socket) -> bool:
-    """Turns on quick acknowledgements on `sock` if it is TCP on Linux; says if it did."""
+    """Turns on quick acknowledgements on `sock` if it is TCP on Linux; says if it did.
+    Only a wait is at stake, so a socket that refuses it is left as it is."""
     option = getattr(socket, "TCP_QUICKACK", None)
     if option is None or sock.family not in _TCP:
         return False
-    sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+    except OSError:
+        return False
     return True
 
 

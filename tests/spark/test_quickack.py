@@ -79,6 +79,9 @@ def test_only_tcp_sockets_are_touched():
         assert quickack.acknowledge_at_once(tcp)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         assert not quickack.acknowledge_at_once(unix)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.close()
+    assert not quickack.acknowledge_at_once(closed)  # the task goes on
 
 
 def test_the_daemon_installs_it_unless_turned_off(monkeypatch):
