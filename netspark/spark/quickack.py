@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 _TCP = (socket.AF_INET, socket.AF_INET6)
 
@@ -43,9 +43,15 @@ def install(daemon: ModuleType) -> None:
     """Makes PySpark's daemon (`pyspark.daemon`) acknowledge at once in every task of its
     forked workers: its loop calls the module's `worker(sock, authenticated)` per task."""
     serve: Callable[[socket.socket, bool], int] = daemon.worker
+    acknowledge = acknowledge_at_once
 
     def worker(sock: socket.socket, authenticated: bool) -> int:
-        acknowledge_at_once(sock)
+        acknowledge(sock)
         return serve(sock, authenticated)
 
-    daemon.worker = worker
+    # PySpark names a worker's log records after the innermost function outside pyspark
+    # that pyspark code called (pyspark.logger.worker_io.context_provider); between the
+    # daemon and the worker, this wrapper would be that function in every record. So it
+    # runs in the daemon's own globals, as the daemon's frame (it uses none of them).
+    daemon.worker = FunctionType(worker.__code__, vars(daemon), "worker", None,
+                                 worker.__closure__)

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,35 @@ def test_installed_the_task_does_not_wait():
     assert median_task_ms(daemon) < 10
 
 
+def in_module(function, module: str):
+    """`function` as if defined in `module` (what PySpark's log context looks at)."""
+    return types.FunctionType(function.__code__, {"__name__": module}, function.__name__, None,
+                              function.__closure__)
+
+
+def test_pyspark_still_names_log_records_after_the_user_s_function(monkeypatch):
+    """PySpark's worker logging names a record after the innermost non-pyspark function
+    that pyspark code called: the wrapper, between the daemon's loop and the worker, must
+    count as the daemon's own frame (PySpark's test_apply_in_pandas_with_logging caught
+    records named 'worker')."""
+    from pyspark import daemon as pyspark_daemon
+    from pyspark.logger.worker_io import context_provider
+
+    def user_function() -> dict[str, str]:
+        return context_provider()
+
+    def serve(sock: socket.socket, authenticated: bool) -> dict[str, str]:
+        return user_function()  # pyspark.worker calls the user's function
+
+    def manager(sock: socket.socket) -> dict[str, str]:
+        return pyspark_daemon.worker(sock, True)  # the daemon's loop calls worker()
+
+    monkeypatch.setattr(pyspark_daemon, "worker", in_module(serve, "pyspark.worker"))
+    quickack.install(pyspark_daemon)
+    with socket.socket() as sock:
+        assert in_module(manager, "pyspark.daemon")(sock) == {"func_name": "user_function"}
+
+
 @linux_only
 def test_only_tcp_sockets_are_touched():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
@@ -108,8 +138,8 @@ def test_on_a_cluster_every_worker_acknowledges_at_once():
     from tests.spark.conftest import spark_context
 
     def installed(_: object) -> list[str]:
-        return [sys.modules["pyspark.daemon"].worker.__module__]
+        return [Path(sys.modules["pyspark.daemon"].worker.__code__.co_filename).name]
 
     with spark_context(**{"netspark.enabled": "true"}) as sc:
         assert set(sc.parallelize(range(8), 8).mapPartitions(installed).collect()) == \
-            {"netspark.spark.quickack"}
+            {"quickack.py"}
