@@ -51,7 +51,8 @@ bench-latency: $(READY)
 	$(PY) bench/latency.py --jobs 15 --rounds 4 --warmup \
 		--modes spark,netspark-local,netspark-tcp,netspark-local-delayedack,spark-unixsockets \
 		--out docs/results/latency
-	$(PY) bench/latency.py --jobs 30 --rounds 2 --warmup --modes spark,netspark-tcp,netspark-local \
+	$(PY) bench/latency.py --jobs 15 --rounds 4 --warmup \
+		--modes spark,netspark-tcp,netspark-local,spark-unixsockets \
 		--hosts 2 --link-rate 10gbit --out docs/results/hosts2/latency
 
 bench-quick: $(READY)
