@@ -241,7 +241,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("| PySpark's spills to disk, all tasks | " + " | ".join(
         f"{summary[m]['spilled_mib']:.0f} MiB" for m in modes) + " |")
     routes = "; ".join(f"{m}: " + (", ".join(f"{r} {n}" for r, n in sorted(s["routes"].items()))
-                                   or ("Spark's shuffle" if not m.startswith("netspark") else
+                                   or ("Spark's shuffle" if not sparkrun.runs_netspark(m) else
                                        "not counted (JVM shuffles keep no summary)"))
                        for m, s in summary.items())
     skipped = "".join(f"\n- {m} not run: {why}" for m, why in result["skipped"].items())

@@ -51,6 +51,11 @@ MODES: dict[str, dict[str, str]] = {
 NEEDS_RDMA = ("netspark-naive", "netspark-rdma")
 
 
+def runs_netspark(mode: str) -> bool:
+    """Whether `mode` turns netspark on (the others are Spark's own shuffle)."""
+    return mode.startswith("netspark")
+
+
 def rdma_device() -> str | None:
     """The first RDMA device this host has, if netspark was built with RDMA support."""
     from netspark.transport import rdma
@@ -108,7 +113,7 @@ def spark_context(mode: str, master: str, settings: dict[str, str]) -> Iterator[
     sc.setLogLevel("ERROR")
     try:
         active = getattr(sc, "_netspark", None) is not None
-        if active != mode.startswith("netspark"):
+        if active != runs_netspark(mode):
             raise RuntimeError(f"mode {mode}: netspark is {'on' if active else 'off'}")
         yield sc
     finally:
